@@ -1,0 +1,99 @@
+//! The gateway's in-kernel splice.
+//!
+//! Both sockets of a connection sit in `SOCKS`, whose stream verdict runs on
+//! every skb a socket receives, and in `TARGETS`, which only names redirect
+//! targets. The verdict sends each skb to the peer's egress while the agent
+//! grants credit, and otherwise passes it to the socket's own queue, where the
+//! agent reads it and writes it to the peer itself, in order.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::sk_action::{SK_DROP, SK_PASS},
+    helpers::bpf_get_socket_cookie,
+    macros::{map, stream_verdict},
+    maps::{HashMap, PerCpuArray, SockHash},
+    programs::SkBuffContext,
+};
+use gateway_common::{
+    FlowStats, PeerCtl, DEFAULT_MAX_SOCKETS, TOTALS_LEN, TOTAL_EMPTY_DROPPED, TOTAL_PASSED,
+    TOTAL_REDIRECTED, TOTAL_REDIRECT_FAILED, TOTAL_UNKNOWN_SOCKET,
+};
+
+#[map]
+static TARGETS: SockHash<u64> = SockHash::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+#[map]
+static SOCKS: SockHash<u64> = SockHash::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+#[map]
+static PEERS: HashMap<u64, PeerCtl> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+#[map]
+static FLOWS: HashMap<u64, FlowStats> = HashMap::with_max_entries(DEFAULT_MAX_SOCKETS, 0);
+
+#[map]
+static TOTALS: PerCpuArray<u64> = PerCpuArray::with_max_entries(TOTALS_LEN, 0);
+
+#[stream_verdict]
+pub fn gateway_verdict(ctx: SkBuffContext) -> u32 {
+    verdict(&ctx)
+}
+
+#[inline(always)]
+fn add_total(slot: u32, n: u64) {
+    if let Some(total) = TOTALS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot; preemption is off while a program runs.
+        unsafe { *total += n };
+    }
+}
+
+#[inline(always)]
+fn verdict(ctx: &SkBuffContext) -> u32 {
+    let len = u64::from(ctx.len());
+    if len == 0 {
+        // A bare FIN. TCP has already taken it; redirecting it would make the
+        // peer's psock worker fail the send and stop all redirects into the
+        // peer (EPIPE). The agent forwards the FIN itself once drained.
+        add_total(TOTAL_EMPTY_DROPPED, 1);
+        return SK_DROP;
+    }
+    // SAFETY: the helper takes the program's own context pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    // SAFETY: the value is copied out at once; the agent replaces it whole.
+    let ctl = unsafe { PEERS.get(cookie) }.copied();
+    let (Some(ctl), Some(flow)) = (ctl, FLOWS.get_ptr_mut(cookie)) else {
+        // Not ours yet (or any more): keep the bytes on the socket, where a
+        // recv() still finds them.
+        add_total(TOTAL_UNKNOWN_SOCKET, 1);
+        return SK_PASS;
+    };
+    // SAFETY: only this socket's verdict writes its FlowStats, and it never
+    // runs on two CPUs at once (callers hold the socket lock).
+    let flow = unsafe { &mut *flow };
+    if flow.passed == ctl.consumed && flow.redirected + len <= ctl.credit {
+        let mut peer = ctl.peer;
+        if TARGETS.redirect_skb(ctx, &mut peer, 0) == i64::from(SK_PASS) {
+            flow.redirected += len;
+            add_total(TOTAL_REDIRECTED, len);
+            return SK_PASS;
+        }
+        flow.redirect_failed += 1;
+        add_total(TOTAL_REDIRECT_FAILED, 1);
+    }
+    // Pass: the skb lands on this socket's own queue, in order, charged to its
+    // receive buffer; the agent moves it.
+    flow.passed += len;
+    add_total(TOTAL_PASSED, len);
+    SK_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

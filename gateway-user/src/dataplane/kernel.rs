@@ -1,0 +1,294 @@
+//! The kernel side of the ebpf dataplane: the embedded programs, their maps,
+//! and putting a connection's two sockets in and out of them.
+use std::{io, os::fd::AsRawFd, sync::Mutex};
+
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
+    programs::SkSkb,
+    Ebpf, EbpfLoader,
+};
+use gateway_common::{
+    FlowStats, PeerCtl, MAP_FLOWS, MAP_PEERS, MAP_SOCKS, MAP_TARGETS, MAP_TOTALS, PROG_VERDICT,
+    TOTAL_EMPTY_DROPPED, TOTAL_PASSED, TOTAL_REDIRECTED, TOTAL_REDIRECT_FAILED,
+    TOTAL_UNKNOWN_SOCKET,
+};
+
+/// The compiled programs, built by build.rs from gateway-ebpf.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Carries the innermost cause only: aya's own chain repeats itself.
+    #[error(
+        "the ebpf dataplane needs root, or CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN before 5.8): {0}"
+    )]
+    Privileges(String),
+    #[error("failed to load the eBPF programs: {0}")]
+    Load(String),
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("failed to open map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("failed to load program `{PROG_VERDICT}`: {0}")]
+    Program(aya::programs::ProgramError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The socket left ESTABLISHED (it already received a FIN, or was reset):
+    /// the kernel refuses to insert it.
+    #[error("socket is no longer established")]
+    NotEstablished,
+    #[error("the socket maps are full")]
+    Full,
+    #[error("failed to read the socket cookie: {0}")]
+    Cookie(#[source] io::Error),
+    #[error("failed to update map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+struct Maps {
+    targets: SockHash<MapData, u64>,
+    socks: SockHash<MapData, u64>,
+    peers: HashMap<MapData, u64, PeerCtl>,
+    flows: HashMap<MapData, u64, FlowStats>,
+    totals: PerCpuArray<MapData, u64>,
+}
+
+/// Kernel-wide totals since the programs were loaded.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct Totals {
+    pub redirected_bytes: u64,
+    pub passed_bytes: u64,
+    pub empty_dropped: u64,
+    pub unknown_socket: u64,
+    pub redirect_failed: u64,
+}
+
+pub struct Kernel {
+    // Owns the loaded program; the attachment lives as long as `SOCKS` does.
+    _ebpf: Ebpf,
+    maps: Mutex<Maps>,
+}
+
+/// The two cookies of an attached connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Pair {
+    pub a: u64,
+    pub b: u64,
+}
+
+/// The innermost error of a chain, and whether it is a permission error.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> (String, bool) {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let denied = cur.downcast_ref::<io::Error>().is_some_and(|io| {
+        io.kind() == io::ErrorKind::PermissionDenied || io.raw_os_error() == Some(libc::EPERM)
+    });
+    // aya's messages nest ("map error: failed to create map `X`: ..."): keep
+    // the deepest part that names an object, then the cause.
+    let cause = cur.to_string();
+    let mut what = String::new();
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(x) = e {
+        let text = x.to_string();
+        if let Some(named) = text.split(": ").filter(|p| p.contains('`')).last() {
+            what = named.to_owned();
+        }
+        e = x.source();
+    }
+    let msg = if what.is_empty() {
+        cause
+    } else {
+        format!("{what}: {cause}")
+    };
+    (msg, denied)
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> AttachError {
+    move |source| match &source {
+        MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            AttachError::NotEstablished
+        }
+        MapError::SyscallError(e)
+            if matches!(e.io_error.raw_os_error(), Some(libc::ENOMEM | libc::E2BIG)) =>
+        {
+            AttachError::Full
+        }
+        _ => AttachError::Map { name, source },
+    }
+}
+
+impl Kernel {
+    /// Loads the programs with maps sized for `max_sockets` sockets and
+    /// attaches the verdict to `SOCKS`.
+    pub fn load(max_sockets: u32) -> Result<Self, LoadError> {
+        // Kernels before 5.11 charge maps to RLIMIT_MEMLOCK; later ones ignore it.
+        let _ = crate::sys::raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_TARGETS, max_sockets)
+            .map_max_entries(MAP_SOCKS, max_sockets)
+            .map_max_entries(MAP_PEERS, max_sockets)
+            .map_max_entries(MAP_FLOWS, max_sockets)
+            .load(PROGRAMS)
+            .map_err(|e| match root_cause(&e) {
+                (msg, true) => LoadError::Privileges(msg),
+                (msg, false) => LoadError::Load(msg),
+            })?;
+        fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, LoadError> {
+            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+            T::try_from(map).map_err(|source| LoadError::Map { name, source })
+        }
+        let maps = Maps {
+            targets: take(&mut ebpf, MAP_TARGETS)?,
+            socks: take(&mut ebpf, MAP_SOCKS)?,
+            peers: take(&mut ebpf, MAP_PEERS)?,
+            flows: take(&mut ebpf, MAP_FLOWS)?,
+            totals: take(&mut ebpf, MAP_TOTALS)?,
+        };
+        let prog: &mut SkSkb = ebpf
+            .program_mut(PROG_VERDICT)
+            .ok_or(LoadError::Program(aya::programs::ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(LoadError::Program)?;
+        prog.load().map_err(LoadError::Program)?;
+        prog.attach(maps.socks.fd()).map_err(LoadError::Program)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            maps: Mutex::new(maps),
+        })
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        // A panic while holding the lock cannot leave the maps inconsistent
+        // with the kernel: every update is one syscall.
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts both sockets in the maps so that each one's received bytes go to
+    /// the other, then makes the verdict run on bytes already queued.
+    ///
+    /// Order matters (data path note, fact 5): both sockets become redirect
+    /// targets and get their control records before either gets the verdict,
+    /// so no verdict ever runs without its peer in place.
+    pub fn attach(
+        &self,
+        a: &impl AsRawFd,
+        b: &impl AsRawFd,
+        credit: u64,
+    ) -> Result<Pair, AttachError> {
+        let pair = Pair {
+            a: crate::sys::cookie(a).map_err(AttachError::Cookie)?,
+            b: crate::sys::cookie(b).map_err(AttachError::Cookie)?,
+        };
+        let mut maps = self.maps();
+        let result = (|| {
+            for (me, peer) in [(pair.a, pair.b), (pair.b, pair.a)] {
+                maps.flows
+                    .insert(me, FlowStats::default(), 0)
+                    .map_err(map_err(MAP_FLOWS))?;
+                maps.peers
+                    .insert(
+                        me,
+                        PeerCtl {
+                            peer,
+                            credit,
+                            consumed: 0,
+                        },
+                        0,
+                    )
+                    .map_err(map_err(MAP_PEERS))?;
+            }
+            maps.targets
+                .insert(pair.a, a.as_raw_fd(), 0)
+                .map_err(map_err(MAP_TARGETS))?;
+            maps.targets
+                .insert(pair.b, b.as_raw_fd(), 0)
+                .map_err(map_err(MAP_TARGETS))?;
+            maps.socks
+                .insert(pair.a, a.as_raw_fd(), 0)
+                .map_err(map_err(MAP_SOCKS))?;
+            maps.socks
+                .insert(pair.b, b.as_raw_fd(), 0)
+                .map_err(map_err(MAP_SOCKS))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            Self::remove(&mut maps, pair);
+            return Err(e);
+        }
+        drop(maps);
+        // Bytes that arrived before insertion wait for the next segment unless
+        // the data-ready path runs again (fact 4).
+        let _ = crate::sys::set_rcvlowat(a, 1);
+        let _ = crate::sys::set_rcvlowat(b, 1);
+        Ok(pair)
+    }
+
+    fn remove(maps: &mut Maps, pair: Pair) {
+        for c in [pair.a, pair.b] {
+            // Absent keys are fine: this also undoes a partial attach.
+            let _ = maps.socks.remove(&c);
+            let _ = maps.targets.remove(&c);
+            let _ = maps.peers.remove(&c);
+            let _ = maps.flows.remove(&c);
+        }
+    }
+
+    /// Takes both sockets out of every map and returns their last counters.
+    /// Call only once both directions are drained: removal discards what is
+    /// still queued on a socket's psock.
+    pub fn detach(&self, pair: Pair) -> [FlowStats; 2] {
+        let mut maps = self.maps();
+        let stats = [pair.a, pair.b].map(|c| maps.flows.get(&c, 0).unwrap_or_default());
+        Self::remove(&mut maps, pair);
+        stats
+    }
+
+    pub fn flow(&self, cookie: u64) -> Option<FlowStats> {
+        self.maps().flows.get(&cookie, 0).ok()
+    }
+
+    pub fn set_ctl(&self, cookie: u64, ctl: PeerCtl) -> Result<(), MapError> {
+        self.maps().peers.insert(cookie, ctl, 0)
+    }
+
+    /// Number of entries in each map: (sockets, control records, flows).
+    pub fn occupancy(&self) -> (usize, usize, usize) {
+        let maps = self.maps();
+        (
+            maps.socks.keys().count(),
+            maps.peers.keys().count(),
+            maps.flows.keys().count(),
+        )
+    }
+
+    pub fn totals(&self) -> Totals {
+        let maps = self.maps();
+        let sum = |slot: u32| -> u64 {
+            maps.totals
+                .get(&slot, 0)
+                .map(|v| v.iter().copied().sum())
+                .unwrap_or(0)
+        };
+        Totals {
+            redirected_bytes: sum(TOTAL_REDIRECTED),
+            passed_bytes: sum(TOTAL_PASSED),
+            empty_dropped: sum(TOTAL_EMPTY_DROPPED),
+            unknown_socket: sum(TOTAL_UNKNOWN_SOCKET),
+            redirect_failed: sum(TOTAL_REDIRECT_FAILED),
+        }
+    }
+}

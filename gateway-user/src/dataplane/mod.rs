@@ -1,0 +1,190 @@
+//! How a connection's bytes move once the agent has both sockets.
+//!
+//! Every dataplane gives the same guarantees as one TCP connection: each byte
+//! arrives once and in order, each direction closes on its own (a FIN follows
+//! every byte sent before it), and a reset on one side resets the other.
+mod copy;
+mod ebpf;
+pub mod kernel;
+mod splice;
+
+use std::{fmt, io, sync::Arc};
+
+use tokio::net::TcpStream;
+
+use crate::stats::Stats;
+pub use kernel::Kernel;
+
+/// What the user asked for with `--dataplane`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Choice {
+    /// ebpf when the programs load, else splice.
+    Auto,
+    /// Sockhash + sk_skb stream verdict: the kernel moves the bytes.
+    Ebpf,
+    /// splice(2) through a pipe per direction.
+    Splice,
+    /// A copy loop through the agent's memory.
+    Userspace,
+}
+
+/// The dataplane in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ebpf,
+    Splice,
+    Userspace,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Ebpf => "ebpf",
+            Kind::Splice => "splice",
+            Kind::Userspace => "userspace",
+        })
+    }
+}
+
+/// Tunables of the data path.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Capacity of the socket maps, in sockets (two per connection).
+    pub max_sockets: u32,
+    /// `SO_SNDBUFFORCE` on both sockets of a kernel-spliced connection
+    /// (0: leave the kernel's default). A bigger send buffer lets the psock
+    /// worker write more before it backs off.
+    pub sndbuf: u32,
+}
+
+#[derive(Clone)]
+pub struct Dataplane {
+    kind: Kind,
+    kernel: Option<Arc<Kernel>>,
+    opts: Options,
+    stats: Arc<Stats>,
+}
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions delivered every byte and their FIN.
+    Completed,
+    /// One side reset (or failed); the other was reset too.
+    Reset(io::Error),
+    /// The agent gave up on the connection and reset both sides.
+    Aborted(String),
+}
+
+impl Dataplane {
+    /// Resolves `choice` into a working dataplane, loading the programs when
+    /// it involves ebpf.
+    pub fn new(
+        choice: Choice,
+        opts: Options,
+        stats: Arc<Stats>,
+    ) -> Result<Self, kernel::LoadError> {
+        let (kind, kernel) = match choice {
+            Choice::Ebpf => (Kind::Ebpf, Some(Arc::new(Kernel::load(opts.max_sockets)?))),
+            Choice::Auto => match Kernel::load(opts.max_sockets) {
+                Ok(k) => (Kind::Ebpf, Some(Arc::new(k))),
+                Err(e) => {
+                    tracing::warn!("ebpf dataplane unavailable, using splice: {e}");
+                    (Kind::Splice, None)
+                }
+            },
+            Choice::Splice => (Kind::Splice, None),
+            Choice::Userspace => (Kind::Userspace, None),
+        };
+        Ok(Self {
+            kind,
+            kernel,
+            opts,
+            stats,
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn kernel(&self) -> Option<&Kernel> {
+        self.kernel.as_deref()
+    }
+
+    /// Moves bytes both ways between `client` and `backend` until both
+    /// directions are closed, then closes both sockets.
+    pub async fn relay(&self, client: TcpStream, backend: TcpStream) -> End {
+        let end = match (&self.kind, &self.kernel) {
+            (Kind::Ebpf, Some(kernel)) => {
+                match ebpf::relay(kernel, &self.opts, &self.stats, client, backend).await {
+                    Ok(end) => {
+                        Stats::inc(&self.stats.dataplane_ebpf);
+                        end
+                    }
+                    Err((e, client, backend)) => {
+                        tracing::debug!("connection runs on splice: {e}");
+                        Stats::inc(&self.stats.ebpf_fallback_splice);
+                        Stats::inc(&self.stats.dataplane_splice);
+                        splice::relay(&self.stats, client, backend).await
+                    }
+                }
+            }
+            (Kind::Userspace, _) => {
+                Stats::inc(&self.stats.dataplane_userspace);
+                copy::relay(&self.stats, client, backend).await
+            }
+            _ => {
+                Stats::inc(&self.stats.dataplane_splice);
+                splice::relay(&self.stats, client, backend).await
+            }
+        };
+        match &end {
+            End::Completed => Stats::inc(&self.stats.connections_completed),
+            End::Reset(e) => {
+                tracing::debug!("connection reset: {e}");
+                Stats::inc(&self.stats.connections_reset)
+            }
+            End::Aborted(why) => {
+                tracing::warn!("connection aborted: {why}");
+                Stats::inc(&self.stats.connections_aborted)
+            }
+        }
+        end
+    }
+}
+
+/// Is `e` the peer going away (as opposed to a local failure)?
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNRESET
+                | libc::EPIPE
+                | libc::ETIMEDOUT
+                | libc::ECONNABORTED
+                | libc::EHOSTUNREACH
+        )
+    )
+}
+
+/// Ends both sockets with a reset: the next close sends RST, not FIN.
+fn reset_both(a: &impl std::os::fd::AsRawFd, b: &impl std::os::fd::AsRawFd) {
+    let _ = crate::sys::set_linger_reset(a);
+    let _ = crate::sys::set_linger_reset(b);
+}
+
+/// The end of a copy or splice relay whose directions ran to `result`.
+fn end_of(result: io::Result<()>, a: &TcpStream, b: &TcpStream) -> End {
+    match result {
+        Ok(()) => End::Completed,
+        Err(e) => {
+            reset_both(a, b);
+            if is_peer_gone(&e) {
+                End::Reset(e)
+            } else {
+                End::Aborted(e.to_string())
+            }
+        }
+    }
+}

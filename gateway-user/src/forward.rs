@@ -1,0 +1,175 @@
+//! `gateway forward`: one route, round robin over its targets.
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    dataplane::{self, Dataplane},
+    stats::Stats,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to accept connections on (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Backends as HOST:PORT, comma separated. Connections go to them round
+    /// robin; a connection whose backend refuses tries the next one.
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub to: Vec<String>,
+    /// How bytes move between the two sockets of a connection.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dataplane: dataplane::Choice,
+    /// How long to wait for a backend to accept (Istio's default: 10s).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Most connections spliced in the kernel at once (sizes the BPF maps);
+    /// connections beyond it run on splice.
+    #[arg(long, value_name = "N", default_value_t = 32_768)]
+    pub max_connections: u32,
+    /// Send buffer forced on kernel-spliced sockets, in bytes (0: the
+    /// kernel's default).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub sndbuf: u32,
+    /// Start even if no target accepts a connection at start-up.
+    #[arg(long)]
+    pub no_check_targets: bool,
+    /// On SIGINT/SIGTERM, how long to let open connections finish.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+fn resolve(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    targets
+        .iter()
+        .map(|t| {
+            t.to_socket_addrs()
+                .with_context(|| format!("cannot resolve target `{t}`"))?
+                .next()
+                .with_context(|| format!("target `{t}` resolves to no address"))
+        })
+        .collect()
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timed out",
+        )),
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let targets = resolve(&args.to)?;
+    if !args.no_check_targets {
+        let mut errors = Vec::new();
+        for t in &targets {
+            match connect(*t, args.connect_timeout).await {
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{t}: {e}")),
+            }
+        }
+        if errors.len() == targets.len() {
+            bail!("no target is reachable: {}", errors.join("; "));
+        }
+        for e in errors {
+            tracing::warn!("target unreachable at start: {e}");
+        }
+    }
+    let stats = Arc::new(Stats::default());
+    let opts = dataplane::Options {
+        max_sockets: args.max_connections.saturating_mul(2),
+        sndbuf: args.sndbuf,
+    };
+    let dp = Dataplane::new(args.dataplane, opts, stats.clone())?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if let Ok(limit) = crate::sys::raise_nofile_limit() {
+        tracing::debug!("open files limit {limit}");
+    }
+    let local = listener.local_addr()?;
+    tracing::info!(
+        "listening on {local}, forwarding to {}, dataplane {}",
+        targets
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        dp.kind()
+    );
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let targets = Arc::new(targets);
+    let tasks = crate::tasks::Tasks::default();
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (client, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // EMFILE and friends: back off rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                Stats::inc(&stats.connections_accepted);
+                let (dp, targets, next, timeout) = (dp.clone(), targets.clone(), next.clone(), args.connect_timeout);
+                let stats = stats.clone();
+                tasks.spawn(async move {
+                    let first = next.fetch_add(1, Relaxed);
+                    let mut backend = None;
+                    for i in 0..targets.len() {
+                        let t = targets[(first + i) % targets.len()];
+                        match connect(t, timeout).await {
+                            Ok(b) => { backend = Some(b); break; }
+                            Err(e) => tracing::warn!("connection from {peer}: backend {t}: {e}"),
+                        }
+                    }
+                    match backend {
+                        Some(b) => { dp.relay(client, b).await; }
+                        None => Stats::inc(&stats.backend_connect_failed),
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tasks.drain(args.drain_timeout).await;
+    report(&stats, &dp);
+    Ok(())
+}
+
+/// Prints the final counters as one JSON line on stdout.
+pub fn report(stats: &Stats, dp: &Dataplane) {
+    let mut json = stats.to_json();
+    json.insert("dataplane".into(), dp.kind().to_string().into());
+    if let Some(k) = dp.kernel() {
+        json.insert(
+            "kernel".into(),
+            serde_json::to_value(k.totals()).unwrap_or_default(),
+        );
+        let (socks, peers, flows) = k.occupancy();
+        json.insert("map_entries".into(), (socks + peers + flows).into());
+    }
+    println!("{}", serde_json::Value::Object(json));
+}

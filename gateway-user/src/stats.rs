@@ -1,0 +1,59 @@
+//! The agent's own counters. Kernel-side truth lives in the `TOTALS` map; these
+//! say what the agent did, and what it saw the verdict do per connection.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// A JSON object of every counter, for logs and tests.
+            pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+                let mut m = serde_json::Map::new();
+                $(m.insert(stringify!($name).into(), self.$name.load(Relaxed).into());)*
+                m
+            }
+        }
+    };
+}
+
+counters! {
+    /// Client connections accepted.
+    connections_accepted,
+    /// Connections relayed to the end (both FINs forwarded).
+    connections_completed,
+    /// Connections ended by a reset, propagated to the other side.
+    connections_reset,
+    /// Connections aborted by the agent (bytes could not be delivered).
+    connections_aborted,
+    /// Connections closed because no backend could be reached.
+    backend_connect_failed,
+    /// Connections relayed in the kernel (sockhash + verdict).
+    dataplane_ebpf,
+    /// Connections relayed with splice(2).
+    dataplane_splice,
+    /// Connections relayed with a userspace copy loop.
+    dataplane_userspace,
+    /// Connections that were meant for the kernel but could not be inserted
+    /// (already half-closed, map full) and ran on splice instead.
+    ebpf_fallback_splice,
+    /// Payload bytes the verdict redirected, summed over finished connections.
+    bytes_kernel_redirected,
+    /// Payload bytes moved by splice(2) (through a pipe, never in userspace).
+    bytes_spliced,
+    /// Payload bytes the agent read into its own memory and wrote out again.
+    bytes_agent_copied,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,225 @@
+//! The few socket system calls the data path needs that std and tokio do not
+//! offer. Each wrapper returns `io::Result` and names nothing but its call.
+use std::{io, mem, os::fd::AsRawFd, os::fd::BorrowedFd, os::fd::FromRawFd, os::fd::OwnedFd};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn setsockopt<T>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: `value` lives for the call and its size is passed with it.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+fn getsockopt<T: Default>(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<(T, usize)> {
+    let mut value = T::default();
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `value`.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((value, len as usize))
+}
+
+/// The head of `struct tcp_info` (include/uapi/linux/tcp.h) up to
+/// `tcpi_bytes_received`, which every kernel since 4.1 fills.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug)]
+pub struct TcpInfo {
+    pub state: u8,
+    _u8: [u8; 7],
+    _u32: [u32; 24],
+    _pacing_rate: u64,
+    _max_pacing_rate: u64,
+    /// Bytes acknowledged by the peer (RFC 4898 tcpEStatsAppHCThruOctetsAcked).
+    pub bytes_acked: u64,
+    /// Bytes received, counting a received FIN as one.
+    pub bytes_received: u64,
+}
+
+pub fn tcp_info(fd: &impl AsRawFd) -> io::Result<TcpInfo> {
+    let (info, len) = getsockopt::<TcpInfo>(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
+    if len < mem::size_of::<TcpInfo>() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel's tcp_info has no byte counters",
+        ));
+    }
+    Ok(info)
+}
+
+/// Bytes in the send queue, sent or not, not yet acknowledged (`SIOCOUTQ`).
+pub fn outq(fd: &impl AsRawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) })?;
+    Ok(n as u64)
+}
+
+/// Every byte the socket has taken into its send queue since it was
+/// established: acknowledged plus still queued. Unlike any counter of the
+/// verdict's, this says the bytes are in the socket, not on the way to it.
+pub fn written(fd: &impl AsRawFd) -> io::Result<u64> {
+    // Read the queue first: a byte acknowledged between the two reads is then
+    // counted at most once too few, never twice.
+    let queued = outq(fd)?;
+    Ok(tcp_info(fd)?.bytes_acked + queued)
+}
+
+/// The socket's cookie: its key in every map.
+pub fn cookie(fd: &impl AsRawFd) -> io::Result<u64> {
+    getsockopt::<u64>(fd, libc::SOL_SOCKET, libc::SO_COOKIE).map(|(c, _)| c)
+}
+
+/// Takes (and clears) the socket's pending error.
+pub fn take_error(fd: &impl AsRawFd) -> io::Result<Option<io::Error>> {
+    let (err, _) = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// Makes the next `close` send a reset instead of a FIN.
+pub fn set_linger_reset(fd: &impl AsRawFd) -> io::Result<()> {
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+}
+
+/// Setting `SO_RCVLOWAT` runs the socket's data-ready path, which on a socket
+/// in a sockmap makes the verdict process bytes that were queued before the
+/// socket was inserted.
+pub fn set_rcvlowat(fd: &impl AsRawFd, bytes: libc::c_int) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+}
+
+/// Sets the send buffer, beyond `wmem_max` (needs CAP_NET_ADMIN).
+pub fn set_sndbuf_force(fd: &impl AsRawFd, bytes: libc::c_int) -> io::Result<()> {
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes)
+}
+
+pub fn shutdown_write(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we hold.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }).map(drop)
+}
+
+/// Non-blocking `recv` into `buf`.
+pub fn recv(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Non-blocking `send` of `buf`, without SIGPIPE.
+pub fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A pipe for splice(2): `(read end, write end)`, non-blocking.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors, which we then own.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors were just created and are owned by no one else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Non-blocking splice(2) of up to `len` bytes.
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall on descriptors we hold; no offsets.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Raises the open-files limit to its hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads one struct.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+pub fn raise_memlock_limit() -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads one struct.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) }).map(drop)
+}

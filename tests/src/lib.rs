@@ -1,0 +1,313 @@
+//! Harness for the end-to-end tests: the real `gateway` binary, real sockets,
+//! real BPF programs. Every process started is killed when its guard drops,
+//! so a failing test leaves nothing behind.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use rand::{rngs::SmallRng, RngCore as _, SeedableRng as _};
+use sha2::{Digest as _, Sha256};
+
+/// Longest any single socket operation in a test may block.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A binary of the gateway-user package, built next to this test binary
+/// (`cargo xtask test` builds them first). `GATEWAY_BIN_DIR` overrides.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("GATEWAY_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `gateway` process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts `gateway ARGS` and waits until it says where it listens.
+    pub fn start(args: &[&str]) -> Gateway {
+        let mut child = Command::new(bin("gateway"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gateway");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split([',', ' ']).next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                }
+                lines.lock().expect("lock").push(line);
+            }
+        });
+        let mut gw = Gateway {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().expect("addr"),
+            stderr,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => gw.addr = addr.parse().expect("listen address"),
+            Err(_) => panic!("gateway did not start: {:?}", gw.stderr()),
+        }
+        gw
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Stops the gateway with SIGTERM and returns its final counters.
+    pub fn stop(mut self) -> serde_json::Value {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("wait").is_none() {
+            assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read stdout");
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("bad stats line {last:?}: {e}"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `gateway ARGS` to its end; returns (exit code, stderr).
+pub fn gateway_fails(args: &[&str], uid: Option<u32>) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(bin("gateway"));
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd.spawn().expect("start gateway");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err);
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gateway {args:?} kept running: it was expected to fail");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A deterministic byte stream: `len` bytes from `seed`.
+pub struct Stream {
+    rng: SmallRng,
+    left: u64,
+}
+
+impl Stream {
+    pub fn new(seed: u64, len: u64) -> Self {
+        Stream {
+            rng: SmallRng::seed_from_u64(seed),
+            left: len,
+        }
+    }
+
+    /// Writes the whole stream to `w`; returns its SHA-256.
+    pub fn write_to(mut self, w: &mut impl std::io::Write) -> std::io::Result<[u8; 32]> {
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        while self.left > 0 {
+            let n = self.left.min(buf.len() as u64) as usize;
+            self.rng.fill_bytes(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            w.write_all(&buf[..n])?;
+            self.left -= n as u64;
+        }
+        Ok(hash.finalize().into())
+    }
+}
+
+/// Reads `r` to its end; returns (bytes, SHA-256).
+pub fn read_all(r: &mut impl std::io::Read) -> std::io::Result<(u64, [u8; 32])> {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok((total, hash.finalize().into()));
+        }
+        hash.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// What one end of a transfer saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub sent_hash: [u8; 32],
+    pub received: u64,
+    pub received_hash: [u8; 32],
+}
+
+/// Sends `stream` on `s` and half-closes, while reading everything the peer
+/// sends until its FIN.
+pub fn exchange(s: TcpStream, stream: Stream) -> std::io::Result<Seen> {
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut w = s.try_clone()?;
+    let writer = thread::spawn(move || -> std::io::Result<[u8; 32]> {
+        let h = stream.write_to(&mut w)?;
+        w.shutdown(Shutdown::Write)?;
+        Ok(h)
+    });
+    let mut r = s;
+    let (received, received_hash) = read_all(&mut r)?;
+    let sent_hash = writer.join().expect("writer thread")?;
+    Ok(Seen {
+        sent_hash,
+        received,
+        received_hash,
+    })
+}
+
+/// A backend that, for each connection, sends its own stream (from `seed`,
+/// `len` bytes) while reading the client's, and reports what it saw. It
+/// starts once the client's first byte arrives, and ignores connections
+/// closed before any (the gateway's start-up reachability check).
+pub struct StreamBackend {
+    pub addr: SocketAddr,
+    pub seen: mpsc::Receiver<std::io::Result<Seen>>,
+}
+
+impl StreamBackend {
+    pub fn start(seed: u64, len: u64) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = l.local_addr().expect("addr");
+        let (tx, seen) = mpsc::channel();
+        thread::spawn(move || {
+            // Ends when the test drops `seen` and a later accept fails to send.
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                if s.peek(&mut [0u8; 1]).map_or(true, |n| n == 0) {
+                    continue;
+                }
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    let _ = tx.send(exchange(s, Stream::new(seed, len)));
+                });
+            }
+        });
+        StreamBackend { addr, seen }
+    }
+
+    pub fn next(&self) -> Seen {
+        self.seen
+            .recv_timeout(IO_TIMEOUT)
+            .expect("backend saw no connection")
+            .expect("backend exchange")
+    }
+}
+
+/// Sends a line, waits, half-closes and reads the reply, like
+/// `(date; sleep 1) | nc HOST PORT` in Istio's task.
+pub fn line_client(addr: SocketAddr, line: &str, pause: Duration) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.write_all(line.as_bytes()).expect("write");
+    thread::sleep(pause);
+    s.shutdown(Shutdown::Write).expect("shutdown");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read reply");
+    reply
+}
+
+/// A free port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A running `tcp-echo` server.
+pub struct TcpEcho {
+    child: Child,
+}
+
+impl TcpEcho {
+    pub fn start(port: u16, prefix: &str) -> Self {
+        let child = Command::new(bin("tcp-echo"))
+            .args([&port.to_string(), prefix, "--address", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tcp-echo");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tcp-echo did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        TcpEcho { child }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

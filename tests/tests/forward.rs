@@ -1,0 +1,208 @@
+//! `gateway forward` end to end on loopback: bulk transfers on every
+//! dataplane, the tcp-echo exchange of Istio's task, and start-up failures.
+use std::time::Duration;
+
+use gateway_tests::{
+    exchange, free_port, gateway_fails, line_client, Gateway, Stream, StreamBackend, TcpEcho,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+fn u64_of(stats: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = stats;
+    for p in path {
+        v = &v[p];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("no counter {path:?} in {stats}"))
+}
+
+/// 64 MiB each way at once, both ends hashed; returns the gateway's counters.
+fn bulk(dataplane: &str) -> serde_json::Value {
+    let len = 64 * MIB;
+    let backend = StreamBackend::start(2, len);
+    let to = backend.addr.to_string();
+    let gw = Gateway::start(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--dataplane",
+        dataplane,
+    ]);
+    let client = std::net::TcpStream::connect(gw.addr).expect("connect");
+    let client_seen = exchange(client, Stream::new(1, len)).expect("client exchange");
+    let backend_seen = backend.next();
+    assert_eq!(backend_seen.received, len, "backend got a short stream");
+    assert_eq!(
+        backend_seen.received_hash, client_seen.sent_hash,
+        "client -> backend bytes differ"
+    );
+    assert_eq!(client_seen.received, len, "client got a short stream");
+    assert_eq!(
+        client_seen.received_hash, backend_seen.sent_hash,
+        "backend -> client bytes differ"
+    );
+    // The relay task finishes right after the last FIN; let it account.
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = gw.stop();
+    assert_eq!(u64_of(&stats, &["connections_completed"]), 1, "{stats}");
+    assert_eq!(u64_of(&stats, &["connections_reset"]), 0, "{stats}");
+    assert_eq!(u64_of(&stats, &["connections_aborted"]), 0, "{stats}");
+    stats
+}
+
+#[test]
+fn bulk_64mib_each_way_ebpf_in_kernel() {
+    let stats = bulk("ebpf");
+    assert_eq!(stats["dataplane"], "ebpf");
+    assert_eq!(u64_of(&stats, &["dataplane_ebpf"]), 1, "{stats}");
+    // Every payload byte was redirected by the verdict, none by the agent.
+    assert_eq!(
+        u64_of(&stats, &["bytes_kernel_redirected"]),
+        128 * MIB,
+        "{stats}"
+    );
+    assert_eq!(
+        u64_of(&stats, &["kernel", "redirected_bytes"]),
+        128 * MIB,
+        "{stats}"
+    );
+    assert_eq!(u64_of(&stats, &["kernel", "passed_bytes"]), 0, "{stats}");
+    assert_eq!(u64_of(&stats, &["bytes_agent_copied"]), 0, "{stats}");
+    assert_eq!(u64_of(&stats, &["bytes_spliced"]), 0, "{stats}");
+    // The connection left nothing in the maps.
+    assert_eq!(u64_of(&stats, &["map_entries"]), 0, "{stats}");
+}
+
+#[test]
+fn bulk_64mib_each_way_splice() {
+    let stats = bulk("splice");
+    assert_eq!(u64_of(&stats, &["bytes_spliced"]), 128 * MIB, "{stats}");
+    assert_eq!(u64_of(&stats, &["bytes_agent_copied"]), 0, "{stats}");
+}
+
+#[test]
+fn bulk_64mib_each_way_userspace() {
+    let stats = bulk("userspace");
+    assert_eq!(
+        u64_of(&stats, &["bytes_agent_copied"]),
+        128 * MIB,
+        "{stats}"
+    );
+    assert_eq!(u64_of(&stats, &["bytes_spliced"]), 0, "{stats}");
+}
+
+/// Istio's task: `(date; sleep 1) | nc GATEWAY 31400` gets `one <date>`.
+#[test]
+fn tcp_echo_line_with_half_close_on_every_dataplane() {
+    let port = free_port();
+    let _echo = TcpEcho::start(port, "one");
+    let to = format!("127.0.0.1:{port}");
+    for dp in ["ebpf", "splice", "userspace"] {
+        let gw = Gateway::start(&[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &to,
+            "--dataplane",
+            dp,
+        ]);
+        for i in 0..3 {
+            let line = format!("Thu Nov 26 18:{i:02}:00 UTC 2026\n");
+            let reply = line_client(gw.addr, &line, Duration::from_millis(300));
+            assert_eq!(reply, format!("one {line}"), "dataplane {dp}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = gw.stop();
+        assert_eq!(
+            u64_of(&stats, &["connections_completed"]),
+            3,
+            "{dp}: {stats}"
+        );
+    }
+}
+
+/// Exactly one line on stderr, saying what is wrong, and a failure status.
+fn assert_one_line_error(code: Option<i32>, stderr: &str, needle: &str) {
+    assert_ne!(code, Some(0), "gateway should fail; stderr: {stderr}");
+    assert!(
+        code.is_some(),
+        "gateway died from a signal; stderr: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].to_lowercase().contains(needle),
+        "expected {needle:?} in: {stderr}"
+    );
+}
+
+#[test]
+fn fails_clearly_when_no_target_is_reachable() {
+    // Nothing listens on this port: connection refused.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (code, err) = gateway_fails(&["forward", "--listen", "127.0.0.1:0", "--to", &dead], None);
+    assert_one_line_error(code, &err, "no target is reachable");
+    assert!(err.contains(&dead), "{err}");
+}
+
+#[test]
+fn fails_clearly_when_the_port_is_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    let (code, err) = gateway_fails(
+        &[
+            "forward",
+            "--listen",
+            &addr,
+            "--to",
+            &to,
+            "--dataplane",
+            "splice",
+        ],
+        None,
+    );
+    assert_one_line_error(code, &err, "address already in use");
+    assert!(err.contains(&addr), "{err}");
+}
+
+#[test]
+fn fails_clearly_without_privileges_for_ebpf() {
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    // uid/gid 65534: nobody, no capabilities.
+    let (code, err) = gateway_fails(
+        &[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &to,
+            "--dataplane",
+            "ebpf",
+        ],
+        Some(65534),
+    );
+    assert_one_line_error(code, &err, "needs root");
+}
+
+#[test]
+fn auto_says_which_dataplane_it_chose() {
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    let gw = Gateway::start(&["forward", "--listen", "127.0.0.1:0", "--to", &to]);
+    assert!(
+        gw.stderr().iter().any(|l| l.contains("dataplane ebpf")),
+        "{:?}",
+        gw.stderr()
+    );
+}

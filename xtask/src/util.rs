@@ -1,0 +1,144 @@
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _};
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Runs `cmd` in the workspace root, echoing it, and fails on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    cmd.current_dir(root());
+    eprintln!("xtask: {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start `{}`", show(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed: {status}", show(cmd));
+    }
+    Ok(())
+}
+
+/// Runs `cmd` quietly; true if it exits zero.
+pub fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start `{}`", show(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            show(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn build(release: bool) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "gateway-user"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
+
+pub fn bin(release: bool, name: &str) -> PathBuf {
+    target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join(name)
+}
+
+pub fn run_gateway(release: bool, args: &[String]) -> anyhow::Result<()> {
+    let gateway = bin(release, "gateway");
+    let mut cmd = if is_root() {
+        Command::new(&gateway)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&gateway);
+        c
+    };
+    cmd.args(args);
+    run(&mut cmd)
+}
+
+pub fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "gateway-ebpf",
+        "--all-targets",
+        "--",
+        "--deny",
+        "warnings",
+    ]))?;
+    // The eBPF crate on its own, for its own target: a workspace-wide pass
+    // would unify features with userspace.
+    let mut ebpf = Command::new("rustup");
+    ebpf.args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "gateway-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+    ])
+    .arg(target_dir().join("ebpf-clippy"))
+    .args(["--", "--deny", "warnings"])
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    run(&mut ebpf)
+}
+
+pub fn test(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the tests load BPF programs and create network namespaces: run them as root");
+    }
+    run(cargo().args(["build", "--package", "gateway-user"]))?;
+    run(cargo()
+        .args(["test", "--workspace", "--exclude", "gateway-ebpf"])
+        .args(args))
+}
