@@ -63,11 +63,15 @@ impl Gateway {
         let pipe = child.stderr.take().expect("stderr");
         thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split([',', ' ']).next().unwrap_or_default().to_owned();
+                let addr = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split([',', ' ']).next())
+                    .map(str::to_owned);
+                lines.lock().expect("lock").push(line);
+                if let Some(addr) = addr {
                     let _ = tx.send(addr);
                 }
-                lines.lock().expect("lock").push(line);
             }
         });
         let mut gw = Gateway {

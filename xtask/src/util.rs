@@ -1,4 +1,5 @@
 use std::{
+    io::{BufRead as _, BufReader},
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -138,7 +139,44 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
         bail!("the tests load BPF programs and create network namespaces: run them as root");
     }
     run(cargo().args(["build", "--package", "gateway-user"]))?;
-    run(cargo()
-        .args(["test", "--workspace", "--exclude", "gateway-ebpf"])
-        .args(args))
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "gateway-ebpf"])
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped());
+    eprintln!("xtask: {}", show(&cmd));
+    let mut child = cmd.spawn().context("failed to start `cargo test`")?;
+    // Pass the output through, adding up every test binary's result line, so
+    // the run ends with one line for all of them.
+    let mut total = [0u64; 3];
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            let Some(rest) = line.strip_prefix("test result: ") else {
+                continue;
+            };
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let slot = match what {
+                    "passed" => 0,
+                    "failed" => 1,
+                    "ignored" => 2,
+                    _ => continue,
+                };
+                total[slot] += n.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    let status = child.wait().context("failed to wait for `cargo test`")?;
+    println!(
+        "{} passed, {} failed, {} skipped",
+        total[0], total[1], total[2]
+    );
+    if !status.success() {
+        bail!("`cargo test` failed: {status}");
+    }
+    Ok(())
 }
