@@ -44,6 +44,11 @@ pub struct Args {
     /// kernel's default).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     pub sndbuf: u32,
+    /// Flow control: most bytes the verdict may queue for a socket beyond
+    /// what the socket itself holds. A slow reader throttles its peer once
+    /// this much is waiting for it.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub window: u64,
     /// Start even if no target accepts a connection at start-up.
     #[arg(long)]
     pub no_check_targets: bool,
@@ -95,6 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let opts = dataplane::Options {
         max_sockets: args.max_connections.saturating_mul(2),
         sndbuf: args.sndbuf,
+        window: args.window,
     };
     let dp = Dataplane::new(args.dataplane, opts, stats.clone())?;
     let listener = TcpListener::bind(args.listen)

@@ -223,3 +223,26 @@ pub fn raise_memlock_limit() -> io::Result<()> {
     // SAFETY: setrlimit reads one struct.
     check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) }).map(drop)
 }
+
+/// Send buffer size and bytes queued in it (`SO_MEMINFO`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemInfo {
+    pub sndbuf: u32,
+    pub wmem_queued: u32,
+}
+
+pub fn meminfo(fd: &impl AsRawFd) -> io::Result<MemInfo> {
+    // SK_MEMINFO_*: RMEM_ALLOC, RCVBUF, WMEM_ALLOC, SNDBUF, FWD_ALLOC,
+    // WMEM_QUEUED, OPTMEM, BACKLOG, DROPS (include/uapi/linux/sock_diag.h).
+    let (m, len) = getsockopt::<[u32; 9]>(fd, libc::SOL_SOCKET, libc::SO_MEMINFO)?;
+    if len < 6 * 4 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "short SO_MEMINFO",
+        ));
+    }
+    Ok(MemInfo {
+        sndbuf: m[3],
+        wmem_queued: m[5],
+    })
+}

@@ -46,6 +46,23 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// `gateway forward` from a free loopback port to `to`, on `dataplane`.
+    pub fn forward(to: SocketAddr, dataplane: &str, extra: &[&str]) -> Gateway {
+        let to = to.to_string();
+        let mut args = vec![
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &to,
+            "--dataplane",
+            dataplane,
+            "--no-check-targets",
+        ];
+        args.extend_from_slice(extra);
+        Gateway::start(&args)
+    }
+
     /// Starts `gateway ARGS` and waits until it says where it listens.
     pub fn start(args: &[&str]) -> Gateway {
         let mut child = Command::new(bin("gateway"))
@@ -206,20 +223,48 @@ pub struct Seen {
     pub received_hash: [u8; 32],
 }
 
+/// When an end sends its FIN relative to what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Send the stream and FIN while reading (both directions at once).
+    Concurrent,
+    /// Read the peer's whole stream first, then send (a response).
+    ReadFirst,
+    /// Send the stream, read the peer's to its end, then FIN (a request that
+    /// keeps its write side open until the answer is complete).
+    FinLast,
+}
+
 /// Sends `stream` on `s` and half-closes, while reading everything the peer
 /// sends until its FIN.
 pub fn exchange(s: TcpStream, stream: Stream) -> std::io::Result<Seen> {
+    exchange_in(s, stream, Order::Concurrent)
+}
+
+pub fn exchange_in(s: TcpStream, stream: Stream, order: Order) -> std::io::Result<Seen> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut w = s.try_clone()?;
-    let writer = thread::spawn(move || -> std::io::Result<[u8; 32]> {
+    let mut r = s.try_clone()?;
+    let mut w = s;
+    let mut read_first = None;
+    if order == Order::ReadFirst {
+        read_first = Some(read_all(&mut r)?);
+    }
+    let writer = thread::spawn(move || -> std::io::Result<([u8; 32], TcpStream)> {
         let h = stream.write_to(&mut w)?;
-        w.shutdown(Shutdown::Write)?;
-        Ok(h)
+        if order != Order::FinLast {
+            w.shutdown(Shutdown::Write)?;
+        }
+        Ok((h, w))
     });
-    let mut r = s;
-    let (received, received_hash) = read_all(&mut r)?;
-    let sent_hash = writer.join().expect("writer thread")?;
+    let (received, received_hash) = match read_first {
+        Some(seen) => seen,
+        None => read_all(&mut r)?,
+    };
+    let (sent_hash, w) = writer.join().expect("writer thread")?;
+    if order == Order::FinLast {
+        w.shutdown(Shutdown::Write)?;
+    }
     Ok(Seen {
         sent_hash,
         received,
@@ -228,9 +273,9 @@ pub fn exchange(s: TcpStream, stream: Stream) -> std::io::Result<Seen> {
 }
 
 /// A backend that, for each connection, sends its own stream (from `seed`,
-/// `len` bytes) while reading the client's, and reports what it saw. It
-/// starts once the client's first byte arrives, and ignores connections
-/// closed before any (the gateway's start-up reachability check).
+/// `len` bytes) while reading the client's, and reports what it saw. Start
+/// gateways in front of it with `--no-check-targets`: their start-up check
+/// would count as a connection.
 pub struct StreamBackend {
     pub addr: SocketAddr,
     pub seen: mpsc::Receiver<std::io::Result<Seen>>,
@@ -238,6 +283,10 @@ pub struct StreamBackend {
 
 impl StreamBackend {
     pub fn start(seed: u64, len: u64) -> Self {
+        Self::with_order(seed, len, Order::Concurrent)
+    }
+
+    pub fn with_order(seed: u64, len: u64, order: Order) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let addr = l.local_addr().expect("addr");
         let (tx, seen) = mpsc::channel();
@@ -245,13 +294,9 @@ impl StreamBackend {
             // Ends when the test drops `seen` and a later accept fails to send.
             for s in l.incoming() {
                 let Ok(s) = s else { continue };
-                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-                if s.peek(&mut [0u8; 1]).map_or(true, |n| n == 0) {
-                    continue;
-                }
                 let tx = tx.clone();
                 thread::spawn(move || {
-                    let _ = tx.send(exchange(s, Stream::new(seed, len)));
+                    let _ = tx.send(exchange_in(s, Stream::new(seed, len), order));
                 });
             }
         });

@@ -1,7 +1,8 @@
 //! The ebpf dataplane: the verdict moves each received skb to the peer socket;
-//! the agent only keeps the connection's life: it forwards each FIN once every
-//! byte before it is in the peer socket, moves bytes the verdict passed to it,
-//! and propagates resets.
+//! the agent keeps the connection's life. It grants the verdict credit so a
+//! slow reader throttles its peer, moves the bytes the verdict passed back to
+//! it while a target was congested, forwards each FIN once every byte before
+//! it is in the peer socket, and propagates resets.
 //!
 //! The agent learns what the kernel did from counters, never from a read():
 //! `written(T) = bytes_acked(T) + SIOCOUTQ(T)` is every byte socket T has
@@ -13,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_common::PeerCtl;
+use gateway_common::{FlowStats, PeerCtl};
 use tokio::{
     io::{unix::AsyncFd, Interest, Ready},
     net::TcpStream,
@@ -28,10 +29,13 @@ use crate::{stats::Stats, sys};
 
 /// Most bytes the agent holds for one direction when it moves passed bytes.
 const BUF: usize = 64 * 1024;
-/// First and longest pause between checks while a direction waits for the
-/// kernel (its FIN to drain, its psock queue to empty).
+/// Pause between checks while a direction waits for the kernel with no event
+/// to say when it is done (a FIN to drain, a psock queue to empty): short at
+/// first, longer while nothing moves.
 const TICK_MIN: Duration = Duration::from_millis(1);
 const TICK_MAX: Duration = Duration::from_millis(50);
+/// How often credit is renewed while the verdict is redirecting.
+const REFRESH: Duration = Duration::from_millis(2);
 /// A direction whose target has nothing queued and whose counters have not
 /// moved for this long has lost bytes in the kernel.
 const STALL: Duration = Duration::from_secs(2);
@@ -50,22 +54,24 @@ struct Way {
     src: usize,
     dst: usize,
     src_cookie: u64,
-    dst_cookie: u64,
     /// written(dst) when the connection was attached.
     written0: u64,
     /// Passed bytes read from src and not yet accepted by dst.
     pending: Vec<u8>,
-    /// Passed bytes fully written to dst (the verdict's `consumed`).
-    consumed: u64,
+    /// The control record as last written to `PEERS`.
+    ctl: PeerCtl,
     fin_sent: bool,
     /// Last observed written(dst), and when it last changed.
     last_written: u64,
     last_change: Instant,
-    /// The direction needs polling (the kernel owes it progress with no
-    /// event to say so).
-    waiting: bool,
+    /// The verdict's redirect counter at the previous look.
+    last_redirected: u64,
+    /// When the direction wants to be looked at again with no event.
+    tick: Option<Duration>,
     /// The direction has bytes for dst and dst said EAGAIN.
     blocked: bool,
+    /// Most bytes the verdict may queue on dst's psock beyond what dst holds.
+    window: u64,
 }
 
 pub async fn relay(
@@ -85,7 +91,10 @@ pub async fn relay(
     let (Ok(w0c), Ok(w0b)) = w0 else {
         return Ok(End::Aborted("cannot read the sockets' counters".into()));
     };
-    let pair = match kernel.attach(&client, &backend, u64::MAX) {
+    // First credit: what each target can take now.
+    let credit = |t: &TcpStream| initial_allowance(t, opts.window);
+    let credits = (credit(&backend), credit(&client));
+    let pair = match kernel.attach(&client, &backend, [credits.0, credits.1]) {
         Ok(pair) => pair,
         Err(e) => return Err((e, client, backend)),
     };
@@ -99,36 +108,57 @@ pub async fn relay(
         }
     };
     let now = Instant::now();
-    let way = |src, dst, src_cookie, dst_cookie, written0| Way {
+    let way = |src, dst, src_cookie, dst_cookie, written0, credit| Way {
         src,
         dst,
         src_cookie,
-        dst_cookie,
         written0,
         pending: Vec::new(),
-        consumed: 0,
+        ctl: PeerCtl {
+            peer: dst_cookie,
+            credit,
+            consumed: 0,
+        },
         fin_sent: false,
-        last_written: written0,
+        last_written: 0,
         last_change: now,
-        waiting: false,
+        last_redirected: 0,
+        tick: None,
         blocked: false,
+        window: opts.window,
     };
     let mut ways = [
-        way(0, 1, pair.a, pair.b, w0b),
-        way(1, 0, pair.b, pair.a, w0c),
+        way(0, 1, pair.a, pair.b, w0b, credits.0),
+        way(1, 0, pair.b, pair.a, w0c, credits.1),
     ];
     let end = run(kernel, &socks, &mut ways).await;
     if !matches!(end, End::Completed) {
         reset_both(socks[0].get_ref(), socks[1].get_ref());
     }
     let flows = kernel.detach(pair);
-    let redirected: u64 = flows.iter().map(|f| f.redirected).sum();
-    Stats::add(&stats.bytes_kernel_redirected, redirected);
+    Stats::add(
+        &stats.bytes_kernel_redirected,
+        flows.iter().map(|f| f.redirected).sum(),
+    );
     Stats::add(
         &stats.bytes_agent_copied,
-        ways.iter().map(|w| w.consumed).sum(),
+        ways.iter().map(|w| w.ctl.consumed).sum(),
     );
     Ok(end)
+}
+
+fn initial_allowance(t: &TcpStream, window: u64) -> u64 {
+    sys::meminfo(t).map_or(0, |m| allowance(m, window))
+}
+
+/// What the verdict may queue for `dst` beyond what dst already holds: at
+/// most `window`, and no more than three quarters of dst's free send space,
+/// so dst's psock never waits on a full socket. A psock that waits holds
+/// later skbs passed on the same socket uncharged (design note, fact 9), and
+/// the reverse direction would then never be throttled.
+fn allowance(m: sys::MemInfo, window: u64) -> u64 {
+    let free = u64::from(m.sndbuf.saturating_sub(m.wmem_queued));
+    (free / 4 * 3).min(window)
 }
 
 fn to_async(s: TcpStream) -> io::Result<AsyncFd<StdStream>> {
@@ -140,7 +170,6 @@ fn to_async(s: TcpStream) -> io::Result<AsyncFd<StdStream>> {
 }
 
 async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 2]) -> End {
-    let mut tick = TICK_MIN;
     loop {
         // Errors first: a reset on either side ends both.
         for s in socks {
@@ -155,22 +184,15 @@ async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 
                 }
             }
         }
-        let mut progressed = false;
         for w in ways.iter_mut() {
-            match pump(kernel, socks, w) {
-                Ok(p) => progressed |= p,
-                Err(end) => return end,
+            if let Err(end) = pump(kernel, socks, w) {
+                return end;
             }
         }
         if ways.iter().all(|w| w.fin_sent) {
             return End::Completed;
         }
-        tick = if progressed {
-            TICK_MIN
-        } else {
-            (tick * 2).min(TICK_MAX)
-        };
-        let poll = ways.iter().any(|w| w.waiting);
+        let tick = ways.iter().filter_map(|w| w.tick).min();
         // Wake on anything a socket reports: bytes passed to it, its FIN, an
         // error, or room to write when a direction is blocked on it. The
         // readiness that woke us is cleared before the next look, so an event
@@ -186,7 +208,7 @@ async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 
         tokio::select! {
             r = socks[0].ready(i0) => if let Ok(mut g) = r { let seen = g.ready(); g.clear_ready_matching(seen & ready_of(i0)); },
             r = socks[1].ready(i1) => if let Ok(mut g) = r { let seen = g.ready(); g.clear_ready_matching(seen & ready_of(i1)); },
-            () = tokio::time::sleep(tick), if poll => {},
+            () = tokio::time::sleep(tick.unwrap_or(TICK_MAX)), if tick.is_some() => {},
         }
     }
 }
@@ -205,24 +227,27 @@ fn ready_of(i: Interest) -> Ready {
     r
 }
 
-/// Moves one direction forward as far as it can without waiting. Returns
-/// whether anything moved; `Err` ends the connection.
-fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result<bool, End> {
-    w.waiting = false;
+fn gone(e: io::Error) -> End {
+    if is_peer_gone(&e) {
+        End::Reset(e)
+    } else {
+        End::Aborted(e.to_string())
+    }
+}
+
+/// Moves one direction forward as far as it can without waiting; `Err` ends
+/// the connection.
+fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result<(), End> {
+    let was_ticking = w.tick;
+    w.tick = None;
     w.blocked = false;
     if w.fin_sent {
-        return Ok(false);
+        return Ok(());
     }
     let (src, dst) = (socks[w.src].get_ref(), socks[w.dst].get_ref());
-    let gone = |e: io::Error| {
-        if is_peer_gone(&e) {
-            End::Reset(e)
-        } else {
-            End::Aborted(e.to_string())
-        }
-    };
     let flow = kernel.flow(w.src_cookie).unwrap_or_default();
-    let mut progressed = false;
+    let mut waiting = false;
+    let consumed_before = w.ctl.consumed;
 
     // Bytes the verdict passed to src, in order: only once everything it
     // redirected before them is in dst, so no byte overtakes another.
@@ -231,22 +256,8 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
             match sys::send(dst, &w.pending) {
                 Ok(n) => {
                     w.pending.drain(..n);
-                    w.consumed += n as u64;
-                    progressed = true;
-                    if w.pending.is_empty() {
-                        // The verdict redirects again once it sees every
-                        // passed byte consumed.
-                        kernel
-                            .set_ctl(
-                                w.src_cookie,
-                                PeerCtl {
-                                    peer: w.dst_cookie,
-                                    credit: u64::MAX,
-                                    consumed: w.consumed,
-                                },
-                            )
-                            .map_err(|e| End::Aborted(format!("cannot update `PEERS`: {e}")))?;
-                    }
+                    w.ctl.consumed += n as u64;
+                    continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     w.blocked = true;
@@ -254,72 +265,111 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
                 }
                 Err(e) => return Err(gone(e)),
             }
-            continue;
         }
-        let unread = flow.passed.saturating_sub(w.consumed);
+        let unread = flow.passed.saturating_sub(w.ctl.consumed);
         if unread == 0 {
             break;
         }
         let written = sys::written(dst).map_err(gone)? - w.written0;
-        if written != flow.redirected + w.consumed {
-            // dst's psock still owes earlier bytes: check again soon.
-            w.waiting = true;
+        if written != flow.redirected + w.ctl.consumed {
+            // dst's psock still owes earlier bytes: look again soon.
+            waiting = true;
             break;
         }
         let mut buf = vec![0u8; unread.min(BUF as u64) as usize];
         match sys::recv(src, &mut buf) {
-            Ok(0) => {
-                w.waiting = true;
-                break;
-            }
-            Ok(n) => {
+            Ok(n) if n > 0 => {
                 buf.truncate(n);
                 w.pending = buf;
             }
+            Ok(_) => {
+                waiting = true;
+                break;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Counted by the verdict but not yet on the queue.
-                w.waiting = true;
+                // Counted by the verdict but not on the queue yet.
+                waiting = true;
                 break;
             }
             Err(e) => return Err(gone(e)),
         }
     }
 
-    // The FIN goes on only when every byte before it is in dst.
-    let src_info = sys::tcp_info(src).map_err(gone)?;
     let written = sys::written(dst).map_err(gone)? - w.written0;
     if written != w.last_written {
         w.last_written = written;
         w.last_change = Instant::now();
-        progressed = true;
     }
+    renew_credit(kernel, dst, w, &flow, written, consumed_before)?;
+
+    // The FIN goes on only when every byte before it is in dst.
+    let src_info = sys::tcp_info(src).map_err(gone)?;
     let fin = fin_received(src_info.state);
     let payload = src_info.bytes_received - u64::from(fin);
     if fin {
         if written == payload && w.pending.is_empty() {
             sys::shutdown_write(dst).map_err(gone)?;
             w.fin_sent = true;
-            return Ok(true);
+            w.tick = None;
+            return Ok(());
         }
         if written > payload {
             return Err(End::Aborted(format!(
-                "{} bytes written for {payload} received: duplicated in the kernel",
-                written
+                "{written} bytes written for {payload} received: duplicated in the kernel"
             )));
         }
-        w.waiting = true;
+        waiting = true;
     }
-    if w.waiting
-        && w.last_change.elapsed() > STALL
-        && sys::outq(dst).unwrap_or(1) == 0
-        && flow.redirected + flow.passed >= payload
-    {
-        // Everything received has had its verdict, dst has sent all it
-        // took, and nothing moved for seconds: the rest is gone.
-        return Err(End::Aborted(format!(
-            "bytes lost in the kernel: {written} of {} delivered",
-            flow.redirected + flow.passed
-        )));
+    if waiting {
+        if w.last_change.elapsed() > STALL
+            && w.pending.is_empty()
+            && sys::outq(dst).unwrap_or(1) == 0
+            && flow.redirected + flow.passed >= payload
+        {
+            // Everything received has had its verdict, dst has sent all it
+            // took, and nothing moved for seconds: the rest is gone.
+            return Err(End::Aborted(format!(
+                "bytes lost in the kernel: {written} of {payload} delivered"
+            )));
+        }
+        let next = if w.last_written == written && was_ticking.is_some() {
+            was_ticking.map_or(TICK_MIN, |t| (t * 2).min(TICK_MAX))
+        } else {
+            TICK_MIN
+        };
+        w.tick = Some(next);
     }
-    Ok(progressed)
+    if flow.redirected != w.last_redirected {
+        // The verdict is spending credit: renew it before it runs out.
+        w.last_redirected = flow.redirected;
+        w.tick = Some(w.tick.map_or(REFRESH, |t| t.min(REFRESH)));
+    }
+    Ok(())
+}
+
+/// Grants the verdict what dst can take, and publishes what the agent
+/// consumed. One map write, and only when something changed enough.
+fn renew_credit(
+    kernel: &Kernel,
+    dst: &StdStream,
+    w: &mut Way,
+    flow: &FlowStats,
+    written: u64,
+    consumed_before: u64,
+) -> Result<(), End> {
+    let mem = sys::meminfo(dst).map_err(gone)?;
+    let allowance = allowance(mem, w.window);
+    // Redirected bytes already in dst; beyond them the verdict may queue
+    // `allowance` more on dst's psock.
+    let in_dst = written.saturating_sub(w.ctl.consumed).min(flow.redirected);
+    let credit = in_dst + allowance;
+    let consumed_moved = w.ctl.consumed != consumed_before && w.pending.is_empty();
+    let worth = credit < w.ctl.credit || credit >= w.ctl.credit + allowance / 8 + 1;
+    if consumed_moved || (worth && credit != w.ctl.credit) {
+        w.ctl.credit = credit;
+        kernel
+            .set_ctl(w.src_cookie, w.ctl)
+            .map_err(|e| End::Aborted(format!("cannot update `PEERS`: {e}")))?;
+    }
+    Ok(())
 }

@@ -183,11 +183,13 @@ impl Kernel {
     /// Order matters (data path note, fact 5): both sockets become redirect
     /// targets and get their control records before either gets the verdict,
     /// so no verdict ever runs without its peer in place.
+    /// `credit[0]` is what `a`'s verdict may redirect to `b` at first,
+    /// `credit[1]` the reverse.
     pub fn attach(
         &self,
         a: &impl AsRawFd,
         b: &impl AsRawFd,
-        credit: u64,
+        credit: [u64; 2],
     ) -> Result<Pair, AttachError> {
         let pair = Pair {
             a: crate::sys::cookie(a).map_err(AttachError::Cookie)?,
@@ -195,7 +197,7 @@ impl Kernel {
         };
         let mut maps = self.maps();
         let result = (|| {
-            for (me, peer) in [(pair.a, pair.b), (pair.b, pair.a)] {
+            for (me, peer, credit) in [(pair.a, pair.b, credit[0]), (pair.b, pair.a, credit[1])] {
                 maps.flows
                     .insert(me, FlowStats::default(), 0)
                     .map_err(map_err(MAP_FLOWS))?;

@@ -55,6 +55,9 @@ pub struct Options {
     /// (0: leave the kernel's default). A bigger send buffer lets the psock
     /// worker write more before it backs off.
     pub sndbuf: u32,
+    /// Most bytes the verdict may queue on a target's psock beyond what the
+    /// target socket holds (flow control).
+    pub window: u64,
 }
 
 #[derive(Clone)]
