@@ -125,6 +125,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tasks = crate::tasks::Tasks::default();
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot handle SIGUSR1")?;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -156,6 +158,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 });
             }
+            _ = usr1.recv() => report(&stats, &dp),
             () = &mut shutdown => break,
         }
     }
@@ -165,9 +168,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the final counters as one JSON line on stdout.
+/// Prints the counters as one JSON line on stdout.
 pub fn report(stats: &Stats, dp: &Dataplane) {
     let mut json = stats.to_json();
+    let put = |json: &mut serde_json::Map<String, serde_json::Value>, v: serde_json::Value| {
+        if let serde_json::Value::Object(m) = v {
+            json.extend(m);
+        }
+    };
+    put(
+        &mut json,
+        serde_json::to_value(dp.conns().gauge()).unwrap_or_default(),
+    );
+    put(
+        &mut json,
+        serde_json::to_value(crate::conns::Process::read()).unwrap_or_default(),
+    );
     json.insert("dataplane".into(), dp.kind().to_string().into());
     if let Some(k) = dp.kernel() {
         json.insert(

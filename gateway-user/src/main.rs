@@ -3,8 +3,10 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+mod conns;
 mod dataplane;
 mod forward;
+mod istio;
 mod stats;
 mod sys;
 mod tasks;

@@ -88,10 +88,11 @@ pub fn outq(fd: &impl AsRawFd) -> io::Result<u64> {
 /// established: acknowledged plus still queued. Unlike any counter of the
 /// verdict's, this says the bytes are in the socket, not on the way to it.
 pub fn written(fd: &impl AsRawFd) -> io::Result<u64> {
-    // Read the queue first: a byte acknowledged between the two reads is then
-    // counted at most once too few, never twice.
-    let queued = outq(fd)?;
-    Ok(tcp_info(fd)?.bytes_acked + queued)
+    // Acknowledged first, queue second: a byte acknowledged between the two
+    // reads is then missed once (the caller looks again), never counted
+    // twice, so the sum never runs ahead of what the socket took.
+    let acked = tcp_info(fd)?.bytes_acked;
+    Ok(acked + outq(fd)?)
 }
 
 /// The socket's cookie: its key in every map.
@@ -245,4 +246,12 @@ pub fn meminfo(fd: &impl AsRawFd) -> io::Result<MemInfo> {
         sndbuf: m[3],
         wmem_queued: m[5],
     })
+}
+
+/// Sets `SO_SNDBUF` to the size it has, which runs the socket's write-space
+/// callback: on a socket in a sockmap, that schedules its psock worker.
+pub fn kick_write_space(fd: &impl AsRawFd) -> io::Result<()> {
+    // The kernel reports twice the value it was given (bookkeeping overhead).
+    let (size, _) = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (size / 2).max(1))
 }

@@ -11,6 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod netns;
+pub mod scenarios;
+
+pub use netns::{Netns, Topology};
 use rand::{rngs::SmallRng, RngCore as _, SeedableRng as _};
 use sha2::{Digest as _, Sha256};
 
@@ -43,37 +47,33 @@ pub struct Gateway {
     child: Option<Child>,
     pub addr: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
+    stdout: mpsc::Receiver<String>,
 }
 
 impl Gateway {
     /// `gateway forward` from a free loopback port to `to`, on `dataplane`.
     pub fn forward(to: SocketAddr, dataplane: &str, extra: &[&str]) -> Gateway {
-        let to = to.to_string();
-        let mut args = vec![
-            "forward",
-            "--listen",
-            "127.0.0.1:0",
-            "--to",
-            &to,
-            "--dataplane",
-            dataplane,
-            "--no-check-targets",
-        ];
-        args.extend_from_slice(extra);
-        Gateway::start(&args)
+        Net::Loopback.gateway(to, dataplane, extra)
     }
 
     /// Starts `gateway ARGS` and waits until it says where it listens.
     pub fn start(args: &[&str]) -> Gateway {
-        let mut child = Command::new(bin("gateway"))
-            .args(args)
+        Gateway::start_in(None, args)
+    }
+
+    /// Starts `gateway ARGS`, inside `ns` if given.
+    pub fn start_in(ns: Option<&Netns>, args: &[&str]) -> Gateway {
+        let mut cmd = Command::new(bin("gateway"));
+        cmd.args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gateway");
+            .stderr(Stdio::piped());
+        if let Some(ns) = ns {
+            ns.command(&mut cmd);
+        }
+        let mut child = cmd.spawn().expect("start gateway");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         let lines = stderr.clone();
@@ -91,10 +91,18 @@ impl Gateway {
                 }
             }
         });
+        let (out_tx, stdout) = mpsc::channel();
+        let pipe = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = out_tx.send(line);
+            }
+        });
         let mut gw = Gateway {
             child: Some(child),
             addr: "0.0.0.0:0".parse().expect("addr"),
             stderr,
+            stdout,
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(addr) => gw.addr = addr.parse().expect("listen address"),
@@ -107,6 +115,22 @@ impl Gateway {
         self.stderr.lock().expect("lock").clone()
     }
 
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// The gateway's counters now (it prints them on SIGUSR1).
+    pub fn sample(&self) -> serde_json::Value {
+        while self.stdout.try_recv().is_ok() {}
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGUSR1) };
+        let line = self
+            .stdout
+            .recv_timeout(Duration::from_secs(10))
+            .expect("gateway answered SIGUSR1");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad stats line {line:?}: {e}"))
+    }
+
     /// Stops the gateway with SIGTERM and returns its final counters.
     pub fn stop(mut self) -> serde_json::Value {
         let mut child = self.child.take().expect("running");
@@ -117,23 +141,89 @@ impl Gateway {
             assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
             thread::sleep(Duration::from_millis(20));
         }
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read stdout");
-        let last = out.lines().last().unwrap_or_default();
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("bad stats line {last:?}: {e}"))
+        let mut last = None;
+        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            last = Some(line);
+        }
+        let last = last.expect("gateway printed its counters");
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("bad stats line {last:?}: {e}"))
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        if thread::panicking() {
+            for line in self.stderr() {
+                eprintln!("gateway: {line}");
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// Where a test's client, gateway and backend live.
+#[derive(Clone)]
+pub enum Net {
+    /// All three on loopback in this process's namespace.
+    Loopback,
+    /// Each in its own namespace, joined by veth pairs.
+    Veth(Arc<Topology>),
+}
+
+impl Net {
+    pub fn veth() -> Net {
+        Net::Veth(Arc::new(Topology::new()))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Net::Loopback => "loopback",
+            Net::Veth(_) => "veth",
+        }
+    }
+
+    /// A listening socket where backends live.
+    pub fn backend_listener(&self) -> TcpListener {
+        match self {
+            Net::Loopback => TcpListener::bind("127.0.0.1:0").expect("bind backend"),
+            Net::Veth(t) => t
+                .backend
+                .run(|| TcpListener::bind((Topology::BACKEND, 0)).expect("bind backend")),
+        }
+    }
+
+    /// Connects from where clients live.
+    pub fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        match self {
+            Net::Loopback => TcpStream::connect(addr),
+            Net::Veth(t) => t.client.run(move || TcpStream::connect(addr)),
+        }
+    }
+
+    /// `gateway forward` to `to`, where gateways live.
+    pub fn gateway(&self, to: SocketAddr, dataplane: &str, extra: &[&str]) -> Gateway {
+        let to = to.to_string();
+        let listen = match self {
+            Net::Loopback => "127.0.0.1:0".to_owned(),
+            Net::Veth(_) => format!("{}:0", Topology::GATEWAY_FRONT),
+        };
+        let mut args = vec![
+            "forward",
+            "--listen",
+            &listen,
+            "--to",
+            &to,
+            "--dataplane",
+            dataplane,
+            "--no-check-targets",
+        ];
+        args.extend_from_slice(extra);
+        match self {
+            Net::Loopback => Gateway::start_in(None, &args),
+            Net::Veth(t) => Gateway::start_in(Some(&t.gateway), &args),
         }
     }
 }
@@ -287,7 +377,11 @@ impl StreamBackend {
     }
 
     pub fn with_order(seed: u64, len: u64, order: Order) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Self::on(Net::Loopback.backend_listener(), seed, len, order)
+    }
+
+    /// Serves on `l` (made by [`Net::backend_listener`]).
+    pub fn on(l: TcpListener, seed: u64, len: u64, order: Order) -> Self {
         let addr = l.local_addr().expect("addr");
         let (tx, seen) = mpsc::channel();
         thread::spawn(move || {

@@ -5,13 +5,13 @@ use std::io;
 use tokio::net::TcpStream;
 
 use super::{end_of, End};
-use crate::stats::Stats;
+use crate::{conns::Entry, stats::Stats};
 
 const BUF: usize = 64 * 1024;
 
-pub async fn relay(stats: &Stats, a: TcpStream, b: TcpStream) -> End {
+pub async fn relay(stats: &Stats, a: TcpStream, b: TcpStream, entry: Entry) -> End {
     let result = tokio::try_join!(one_way(stats, &a, &b), one_way(stats, &b, &a)).map(drop);
-    end_of(result, &a, &b)
+    end_of(result, a, b, entry)
 }
 
 async fn one_way(stats: &Stats, src: &TcpStream, dst: &TcpStream) -> io::Result<()> {

@@ -25,7 +25,7 @@ use super::{
     kernel::{AttachError, Kernel},
     reset_both, End, Options,
 };
-use crate::{stats::Stats, sys};
+use crate::{conns::Entry, stats::Stats, sys};
 
 /// Most bytes the agent holds for one direction when it moves passed bytes.
 const BUF: usize = 64 * 1024;
@@ -39,6 +39,7 @@ const REFRESH: Duration = Duration::from_millis(2);
 /// A direction whose target has nothing queued and whose counters have not
 /// moved for this long has lost bytes in the kernel.
 const STALL: Duration = Duration::from_secs(2);
+const KICK: Duration = Duration::from_millis(200);
 
 /// TCP states in which the socket has received its peer's FIN
 /// (include/net/tcp_states.h): CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT, and
@@ -72,6 +73,7 @@ struct Way {
     blocked: bool,
     /// Most bytes the verdict may queue on dst's psock beyond what dst holds.
     window: u64,
+    kicked: bool,
 }
 
 pub async fn relay(
@@ -80,7 +82,8 @@ pub async fn relay(
     stats: &Stats,
     client: TcpStream,
     backend: TcpStream,
-) -> Result<End, (AttachError, TcpStream, TcpStream)> {
+    entry: Entry,
+) -> Result<End, (AttachError, TcpStream, TcpStream, Entry)> {
     if opts.sndbuf > 0 {
         let size = opts.sndbuf.min(i32::MAX as u32) as i32;
         let _ = sys::set_sndbuf_force(&client, size);
@@ -96,7 +99,7 @@ pub async fn relay(
     let credits = (credit(&backend), credit(&client));
     let pair = match kernel.attach(&client, &backend, [credits.0, credits.1]) {
         Ok(pair) => pair,
-        Err(e) => return Err((e, client, backend)),
+        Err(e) => return Err((e, client, backend, entry)),
     };
     let socks = match (to_async(client), to_async(backend)) {
         (Ok(c), Ok(b)) => [c, b],
@@ -126,6 +129,7 @@ pub async fn relay(
         tick: None,
         blocked: false,
         window: opts.window,
+        kicked: false,
     };
     let mut ways = [
         way(0, 1, pair.a, pair.b, w0b, credits.0),
@@ -144,6 +148,8 @@ pub async fn relay(
         &stats.bytes_agent_copied,
         ways.iter().map(|w| w.ctl.consumed).sum(),
     );
+    drop(entry);
+    drop(socks);
     Ok(end)
 }
 
@@ -321,6 +327,19 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         waiting = true;
     }
     if waiting {
+        let stuck = w.pending.is_empty()
+            && flow.redirected + flow.passed >= payload
+            && written < flow.redirected + w.ctl.consumed
+            && sys::outq(dst).unwrap_or(1) == 0;
+        if stuck && w.last_change.elapsed() > KICK && !w.kicked {
+            w.kicked = true;
+            tracing::warn!(
+                "psock queue stalled with {} bytes for {:?}: kicking its worker",
+                flow.redirected + w.ctl.consumed - written,
+                w.last_change.elapsed()
+            );
+            let _ = sys::kick_write_space(dst);
+        }
         if w.last_change.elapsed() > STALL
             && w.pending.is_empty()
             && sys::outq(dst).unwrap_or(1) == 0
@@ -329,7 +348,16 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
             // Everything received has had its verdict, dst has sent all it
             // took, and nothing moved for seconds: the rest is gone.
             return Err(End::Aborted(format!(
-                "bytes lost in the kernel: {written} of {payload} delivered"
+                "bytes lost in the kernel: {written} of {payload} delivered \
+                 (redirected {}, passed {}, consumed {}, credit {}, redirect failures {}, \
+                 source state {}, target state {})",
+                flow.redirected,
+                flow.passed,
+                w.ctl.consumed,
+                w.ctl.credit,
+                flow.redirect_failed,
+                src_info.state,
+                sys::tcp_info(dst).map_or(0, |i| i.state),
             )));
         }
         let next = if w.last_written == written && was_ticking.is_some() {
@@ -364,7 +392,7 @@ fn renew_credit(
     let in_dst = written.saturating_sub(w.ctl.consumed).min(flow.redirected);
     let credit = in_dst + allowance;
     let consumed_moved = w.ctl.consumed != consumed_before && w.pending.is_empty();
-    let worth = credit < w.ctl.credit || credit >= w.ctl.credit + allowance / 8 + 1;
+    let worth = credit < w.ctl.credit || credit > w.ctl.credit + allowance / 8;
     if consumed_moved || (worth && credit != w.ctl.credit) {
         w.ctl.credit = credit;
         kernel

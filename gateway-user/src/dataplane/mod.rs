@@ -12,7 +12,10 @@ use std::{fmt, io, sync::Arc};
 
 use tokio::net::TcpStream;
 
-use crate::stats::Stats;
+use crate::{
+    conns::{Entry, Registry},
+    stats::Stats,
+};
 pub use kernel::Kernel;
 
 /// What the user asked for with `--dataplane`.
@@ -66,6 +69,7 @@ pub struct Dataplane {
     kernel: Option<Arc<Kernel>>,
     opts: Options,
     stats: Arc<Stats>,
+    conns: Arc<Registry>,
 }
 
 /// How a relayed connection ended.
@@ -104,6 +108,7 @@ impl Dataplane {
             kernel,
             opts,
             stats,
+            conns: Arc::default(),
         })
     }
 
@@ -115,31 +120,37 @@ impl Dataplane {
         self.kernel.as_deref()
     }
 
+    pub fn conns(&self) -> &Registry {
+        &self.conns
+    }
+
     /// Moves bytes both ways between `client` and `backend` until both
     /// directions are closed, then closes both sockets.
     pub async fn relay(&self, client: TcpStream, backend: TcpStream) -> End {
+        use std::os::fd::AsRawFd as _;
+        let entry = self.conns.add(client.as_raw_fd(), backend.as_raw_fd());
         let end = match (&self.kind, &self.kernel) {
             (Kind::Ebpf, Some(kernel)) => {
-                match ebpf::relay(kernel, &self.opts, &self.stats, client, backend).await {
+                match ebpf::relay(kernel, &self.opts, &self.stats, client, backend, entry).await {
                     Ok(end) => {
                         Stats::inc(&self.stats.dataplane_ebpf);
                         end
                     }
-                    Err((e, client, backend)) => {
+                    Err((e, client, backend, entry)) => {
                         tracing::debug!("connection runs on splice: {e}");
                         Stats::inc(&self.stats.ebpf_fallback_splice);
                         Stats::inc(&self.stats.dataplane_splice);
-                        splice::relay(&self.stats, client, backend).await
+                        splice::relay(&self.stats, client, backend, entry).await
                     }
                 }
             }
             (Kind::Userspace, _) => {
                 Stats::inc(&self.stats.dataplane_userspace);
-                copy::relay(&self.stats, client, backend).await
+                copy::relay(&self.stats, client, backend, entry).await
             }
             _ => {
                 Stats::inc(&self.stats.dataplane_splice);
-                splice::relay(&self.stats, client, backend).await
+                splice::relay(&self.stats, client, backend, entry).await
             }
         };
         match &end {
@@ -178,16 +189,19 @@ fn reset_both(a: &impl std::os::fd::AsRawFd, b: &impl std::os::fd::AsRawFd) {
 }
 
 /// The end of a copy or splice relay whose directions ran to `result`.
-fn end_of(result: io::Result<()>, a: &TcpStream, b: &TcpStream) -> End {
-    match result {
+fn end_of(result: io::Result<()>, a: TcpStream, b: TcpStream, entry: Entry) -> End {
+    let end = match result {
         Ok(()) => End::Completed,
         Err(e) => {
-            reset_both(a, b);
+            reset_both(&a, &b);
             if is_peer_gone(&e) {
                 End::Reset(e)
             } else {
                 End::Aborted(e.to_string())
             }
         }
-    }
+    };
+    drop(entry);
+    drop((a, b));
+    end
 }

@@ -5,14 +5,14 @@ use std::{io, os::fd::AsFd};
 use tokio::{io::Interest, net::TcpStream};
 
 use super::{end_of, End};
-use crate::stats::Stats;
+use crate::{conns::Entry, stats::Stats};
 
 /// Bytes asked of one splice from the source; the pipe takes what fits.
 const CHUNK: usize = 1 << 20;
 
-pub async fn relay(stats: &Stats, a: TcpStream, b: TcpStream) -> End {
+pub async fn relay(stats: &Stats, a: TcpStream, b: TcpStream, entry: Entry) -> End {
     let result = tokio::try_join!(one_way(stats, &a, &b), one_way(stats, &b, &a)).map(drop);
-    end_of(result, &a, &b)
+    end_of(result, a, b, entry)
 }
 
 async fn one_way(stats: &Stats, src: &TcpStream, dst: &TcpStream) -> io::Result<()> {

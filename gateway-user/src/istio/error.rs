@@ -1,0 +1,216 @@
+//! Errors and warnings, each pointing at the file, the document and the field
+//! the user has to change.
+
+use std::{fmt, path::PathBuf, sync::Arc};
+
+/// The Istio kinds this gateway understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Gateway,
+    VirtualService,
+    DestinationRule,
+    ServiceEntry,
+    WorkloadEntry,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Gateway,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::ServiceEntry,
+        Kind::WorkloadEntry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gateway => "Gateway",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadEntry => "WorkloadEntry",
+        }
+    }
+
+    /// The name kubectl prints, e.g. `virtualservice.networking.istio.io`.
+    pub fn resource_name(self) -> String {
+        format!("{}.networking.istio.io", self.as_str().to_ascii_lowercase())
+    }
+
+    pub fn parse(kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `kubectl apply` keys a resource by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceId {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ResourceId {
+    /// `namespace/name`, the form Istio uses in its own references.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Where a document came from: enough for the user to find it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: Arc<str>,
+    /// 1-based, counting every `---` separated document of the file.
+    pub document: usize,
+    /// Unknown when the document could not be read far enough.
+    pub id: Option<ResourceId>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file, self.document)?;
+        if let Some(id) = &self.id {
+            write!(f, " ({id})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A 1-based position in the YAML text, as the YAML parser reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One problem (or warning) about the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub origin: Option<Origin>,
+    /// The field path inside the document, e.g. `spec.tcp[0].route[1].weight`;
+    /// empty when the problem is about the document as a whole.
+    pub field: String,
+    pub message: String,
+    pub location: Option<Location>,
+}
+
+impl Diagnostic {
+    pub fn new(
+        origin: Option<&Origin>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            origin: origin.cloned(),
+            field: field.into(),
+            message: message.into(),
+            location: None,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(loc) = self.location {
+            write!(f, " (line {}, column {})", loc.line, loc.column)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a set of Istio resources was refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every problem found, in document order, so one run fixes them all.
+    #[error("{}", Joined(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ConfigError {
+    /// The individual problems (empty for an I/O error).
+    pub fn problems(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(problems) => problems,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+struct Joined<'a>(&'a [Diagnostic]);
+
+impl fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects errors and warnings while a pass walks the configuration, so
+/// the user sees every problem at once rather than one per attempt.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    pub errors: Vec<Diagnostic>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn error(&mut self, origin: &Origin, field: impl Into<String>, message: impl Into<String>) {
+        self.errors
+            .push(Diagnostic::new(Some(origin), field, message));
+    }
+
+    pub fn warn(&mut self, origin: &Origin, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings
+            .push(Diagnostic::new(Some(origin), field, message));
+    }
+
+    /// Several routes can trip over the same resource; say it once.
+    pub fn into_result(self) -> Result<Vec<Diagnostic>, ConfigError> {
+        if self.errors.is_empty() {
+            Ok(dedup(self.warnings))
+        } else {
+            Err(ConfigError::Invalid(dedup(self.errors)))
+        }
+    }
+}
+
+fn dedup(list: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::with_capacity(list.len());
+    for d in list {
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
+}

@@ -1,0 +1,452 @@
+//! The data path's scenarios, each runnable on any dataplane and topology.
+//! Every one asserts what a plain TCP connection would guarantee; the suite in
+//! tests/datapath.rs runs them, and the soak binary mixes them.
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::{exchange_in, read_all, Gateway, Net, Order, Stream, StreamBackend, IO_TIMEOUT};
+
+pub const KIB: u64 = 1024;
+pub const MIB: u64 = 1024 * KIB;
+
+/// A backend that runs `handler` on a thread per connection.
+pub struct Backend {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub fn serve(l: TcpListener, handler: impl Fn(TcpStream) + Send + Sync + 'static) -> Backend {
+        let addr = l.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(handler);
+        let flag = stop.clone();
+        l.set_nonblocking(true).expect("nonblocking");
+        thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let h = handler.clone();
+                        thread::spawn(move || h(s));
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Backend { addr, stop }
+    }
+
+    /// Echoes every byte until the client's FIN, then sends its own; a first
+    /// byte `R` makes it reset the connection instead.
+    pub fn echo(l: TcpListener) -> Backend {
+        Backend::serve(l, |mut s| {
+            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut first = true;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if first && buf[0] == b'R' {
+                            let _ = socket_reset(&s);
+                            return;
+                        }
+                        first = false;
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown(Shutdown::Write);
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Makes `close` send RST: `SO_LINGER {1, 0}`.
+pub fn socket_reset(s: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a value that lives for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&l).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn u64_at(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {key} in {v}"))
+}
+
+/// One transfer through `gw`: the client sends `up` bytes, the backend
+/// `down`, in the given orders; both ends' hashes must match.
+fn transfer(
+    net: &Net,
+    gw: &Gateway,
+    backend: &StreamBackend,
+    up: u64,
+    client_order: Order,
+    what: &str,
+) {
+    let client = net.connect(gw.addr).expect("connect to gateway");
+    let seen = exchange_in(client, Stream::new(up ^ 0x5eed, up), client_order)
+        .unwrap_or_else(|e| panic!("{what}: client: {e}"));
+    let back = backend.next();
+    assert_eq!(
+        back.received, up,
+        "{what}: backend got {} of {up} bytes",
+        back.received
+    );
+    assert_eq!(
+        back.received_hash, seen.sent_hash,
+        "{what}: client->backend bytes differ"
+    );
+    assert_eq!(
+        seen.received_hash, back.sent_hash,
+        "{what}: backend->client bytes differ"
+    );
+}
+
+/// Byte-exact both ways at once, for every size from nothing to megabytes.
+pub fn sizes(net: &Net, dp: &str) {
+    for (up, down) in [
+        (0, 0),
+        (1, 1),
+        (0, 64 * KIB),
+        (64 * KIB, 0),
+        (64 * KIB, 64 * KIB),
+        (8 * MIB + 7, 8 * MIB - 3),
+    ] {
+        let l = net.backend_listener();
+        let backend = StreamBackend::on(l, down ^ 0xbeef, down, Order::Concurrent);
+        let gw = net.gateway(backend.addr, dp, &[]);
+        transfer(
+            net,
+            &gw,
+            &backend,
+            up,
+            Order::Concurrent,
+            &format!("{dp} {up}/{down}"),
+        );
+    }
+}
+
+/// Half-close: a request, the client's FIN, then the whole answer; and the
+/// backend closing its side first while the client still sends.
+pub fn half_close(net: &Net, dp: &str) {
+    // Request, FIN, then the response (the seed's `(date; sleep 1) | nc`).
+    let backend = StreamBackend::on(net.backend_listener(), 7, 4 * MIB, Order::ReadFirst);
+    let gw = net.gateway(backend.addr, dp, &[]);
+    for up in [1, 100, MIB] {
+        transfer(
+            net,
+            &gw,
+            &backend,
+            up,
+            Order::Concurrent,
+            &format!("{dp} request {up} then FIN"),
+        );
+    }
+    drop(gw);
+    // The backend sends everything and its FIN first; the client reads to the
+    // end before it answers and closes.
+    let backend = StreamBackend::on(net.backend_listener(), 8, 2 * MIB, Order::Concurrent);
+    let gw = net.gateway(backend.addr, dp, &[]);
+    transfer(
+        net,
+        &gw,
+        &backend,
+        3 * MIB,
+        Order::ReadFirst,
+        &format!("{dp} backend closes first"),
+    );
+}
+
+/// Early data: the client speaks first right after connecting, and a backend
+/// that speaks first (a banner); each answer arrives promptly, once, in order,
+/// with no later segment to push it.
+pub fn early_data(net: &Net, dp: &str) {
+    const PROMPT: Duration = Duration::from_secs(1);
+    // Client first: the backend answers a 100-byte request with 100 bytes.
+    let backend = Backend::serve(net.backend_listener(), |mut s| {
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let mut req = [0u8; 100];
+        if s.read_exact(&mut req).is_ok() {
+            for b in &mut req {
+                *b = b.wrapping_add(1);
+            }
+            let _ = s.write_all(&req);
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        }
+    });
+    let gw = net.gateway(backend.addr, dp, &[]);
+    for i in 0..10u8 {
+        let mut c = net.connect(gw.addr).expect("connect");
+        let req: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(i + 3)).collect();
+        c.write_all(&req).expect("send request");
+        c.set_read_timeout(Some(PROMPT)).expect("timeout");
+        let started = Instant::now();
+        let mut reply = [0u8; 100];
+        c.read_exact(&mut reply).unwrap_or_else(|e| {
+            panic!("{dp}: early request {i}: no answer within {PROMPT:?}: {e}")
+        });
+        let want: Vec<u8> = req.iter().map(|b| b.wrapping_add(1)).collect();
+        assert_eq!(
+            reply.to_vec(),
+            want,
+            "{dp}: early request {i}: wrong answer"
+        );
+        assert!(started.elapsed() < PROMPT);
+        c.shutdown(Shutdown::Write).expect("fin");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).expect("read to end");
+        assert!(rest.is_empty(), "{dp}: {} unexpected bytes", rest.len());
+    }
+    drop(gw);
+    // Backend first: a 64-byte banner on accept, before the client says anything.
+    let backend = Backend::serve(net.backend_listener(), |mut s| {
+        let banner: Vec<u8> = (0..64u8).collect();
+        let _ = s.write_all(&banner);
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let _ = s.write_all(&rest);
+        let _ = s.shutdown(Shutdown::Write);
+    });
+    let gw = net.gateway(backend.addr, dp, &[]);
+    for i in 0..10 {
+        let mut c = net.connect(gw.addr).expect("connect");
+        c.set_read_timeout(Some(PROMPT)).expect("timeout");
+        let mut banner = [0u8; 64];
+        c.read_exact(&mut banner)
+            .unwrap_or_else(|e| panic!("{dp}: banner {i}: not within {PROMPT:?}: {e}"));
+        assert_eq!(
+            banner.to_vec(),
+            (0..64u8).collect::<Vec<_>>(),
+            "{dp}: banner {i}"
+        );
+        c.write_all(b"bye").expect("send");
+        c.shutdown(Shutdown::Write).expect("fin");
+        c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).expect("read to end");
+        assert_eq!(rest, b"bye", "{dp}: banner {i}: echo after banner");
+    }
+}
+
+/// Waits for `s` to report a reset; returns how long it took.
+fn time_to_reset(s: &mut TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("got a FIN where a reset was due"),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return started.elapsed(),
+            Err(e) => panic!("no reset within {within:?}: {e}"),
+        }
+        assert!(started.elapsed() < within, "no reset within {within:?}");
+    }
+}
+
+/// A reset on either side reaches the other within a second.
+pub fn resets(net: &Net, dp: &str) {
+    let within = Duration::from_secs(1);
+    // The client resets mid-stream; the backend must see it.
+    let (tx, rx) = mpsc::channel();
+    let backend = Backend::serve(net.backend_listener(), move |mut s| {
+        let mut first = [0u8; 1];
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        let _ = tx.send(std::panic::catch_unwind(move || {
+            time_to_reset(&mut s, Duration::from_secs(3))
+        }));
+    });
+    let gw = net.gateway(backend.addr, dp, &[]);
+    let mut c = net.connect(gw.addr).expect("connect");
+    c.write_all(&vec![1u8; 256 * 1024]).expect("send");
+    thread::sleep(Duration::from_millis(100));
+    socket_reset(&c).expect("linger");
+    drop(c);
+    let took = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("backend connection")
+        .unwrap_or_else(|_| panic!("{dp}: backend saw no reset"));
+    assert!(
+        took < within,
+        "{dp}: client reset reached the backend after {took:?}"
+    );
+    drop(gw);
+
+    // The backend resets after sending; the client must see it.
+    let backend = Backend::serve(net.backend_listener(), |mut s| {
+        let _ = s.write_all(&vec![2u8; 256 * 1024]);
+        thread::sleep(Duration::from_millis(100));
+        let _ = socket_reset(&s);
+        let _ = s.flush();
+    });
+    let gw = net.gateway(backend.addr, dp, &[]);
+    let mut c = net.connect(gw.addr).expect("connect");
+    let took = time_to_reset(&mut c, Duration::from_secs(3));
+    assert!(
+        took < Duration::from_millis(1100),
+        "{dp}: backend reset reached the client after {took:?}"
+    );
+    let stats = gw.stop();
+    assert!(u64_at(&stats, "connections_reset") >= 1, "{dp}: {stats}");
+}
+
+/// A backend that stops reading throttles the client: what the client gets
+/// to write is bounded, the gateway holds a bounded amount, and once the
+/// backend reads again every byte arrives.
+pub fn backpressure(net: &Net, dp: &str, connections: usize) {
+    const STALL: Duration = Duration::from_secs(2);
+    let total = 96 * MIB;
+    let (tx, got) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::serve(net.backend_listener(), move |mut s| {
+        thread::sleep(STALL);
+        let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+        let seen = read_all(&mut s);
+        let _ = s.shutdown(Shutdown::Write);
+        let _ = tx
+            .lock()
+            .expect("lock")
+            .send(seen.map_err(|e| e.to_string()));
+    });
+    let gw = net.gateway(backend.addr, dp, &[]);
+    let mut clients = Vec::new();
+    for i in 0..connections {
+        let c = net.connect(gw.addr).expect("connect");
+        let written = Arc::new(AtomicU64::new(0));
+        let w = written.clone();
+        let h = thread::spawn(move || {
+            let mut s = c;
+            s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            let mut counting = Counting {
+                inner: &mut s,
+                n: &w,
+            };
+            let hash = Stream::new(i as u64, total)
+                .write_to(&mut counting)
+                .expect("write");
+            s.shutdown(Shutdown::Write).expect("fin");
+            let mut rest = Vec::new();
+            s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            s.read_to_end(&mut rest).expect("read to end");
+            hash
+        });
+        clients.push((written, h));
+    }
+    // While the backend is stalled, sample what the client got to write and
+    // what the gateway holds.
+    let mut peak_held = 0;
+    let mut peak_rss = 0;
+    let started = Instant::now();
+    while started.elapsed() < STALL - Duration::from_millis(300) {
+        let s = gw.sample();
+        peak_held = peak_held.max(u64_at(&s, "held_max_bytes"));
+        peak_rss = peak_rss.max(u64_at(&s, "rss_bytes"));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let written: Vec<u64> = clients
+        .iter()
+        .map(|(w, _)| w.load(Ordering::Relaxed))
+        .collect();
+    for (i, w) in written.iter().enumerate() {
+        // Client send buffer + gateway + backend receive buffer: tens of MiB
+        // at most, nowhere near the whole stream.
+        assert!(
+            *w < 48 * MIB,
+            "{dp}: client {i} wrote {w} bytes to a stalled reader"
+        );
+    }
+    assert!(
+        peak_held < 24 * MIB,
+        "{dp}: one connection held {peak_held} bytes"
+    );
+    let mut sent: Vec<[u8; 32]> = clients
+        .into_iter()
+        .map(|(_, h)| h.join().expect("client finished"))
+        .collect();
+    let mut received: Vec<[u8; 32]> = (0..connections)
+        .map(|_| {
+            let (n, hash) = got
+                .recv_timeout(IO_TIMEOUT)
+                .expect("backend finished")
+                .unwrap_or_else(|e| panic!("{dp}: backend: {e}"));
+            assert_eq!(n, total, "{dp}: backend got {n} of {total} bytes");
+            hash
+        })
+        .collect();
+    sent.sort_unstable();
+    received.sort_unstable();
+    assert_eq!(sent, received, "{dp}: bytes differ after backpressure");
+    let stats = gw.stop();
+    assert_eq!(
+        u64_at(&stats, "connections_completed"),
+        connections as u64,
+        "{dp}: {stats}"
+    );
+    eprintln!(
+        "{} {dp}: {connections} stalled readers: client wrote at most {} KiB, gateway held at most {} KiB per connection, agent RSS peak {} MiB",
+        net.name(),
+        written.iter().max().copied().unwrap_or(0) / KIB,
+        peak_held / KIB,
+        peak_rss / MIB,
+    );
+}
+
+struct Counting<'a> {
+    inner: &'a mut TcpStream,
+    n: &'a AtomicU64,
+}
+
+impl std::io::Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(&buf[..buf.len().min(64 * 1024)])?;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

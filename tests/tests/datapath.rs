@@ -1,0 +1,62 @@
+//! The data path's guarantees, checked on every dataplane: over veth between
+//! network namespaces (client, gateway, backend), and a fast subset on
+//! loopback.
+use gateway_tests::{scenarios, Net};
+
+const DATAPLANES: [&str; 3] = ["ebpf", "splice", "userspace"];
+
+fn each(net: &Net, f: impl Fn(&Net, &str)) {
+    for dp in DATAPLANES {
+        f(net, dp);
+    }
+}
+
+#[test]
+fn sizes_loopback() {
+    each(&Net::Loopback, scenarios::sizes);
+}
+
+#[test]
+fn sizes_veth() {
+    each(&Net::veth(), scenarios::sizes);
+}
+
+#[test]
+fn half_close_loopback() {
+    each(&Net::Loopback, scenarios::half_close);
+}
+
+#[test]
+fn half_close_veth() {
+    each(&Net::veth(), scenarios::half_close);
+}
+
+#[test]
+fn early_data_loopback() {
+    each(&Net::Loopback, scenarios::early_data);
+}
+
+#[test]
+fn early_data_veth() {
+    each(&Net::veth(), scenarios::early_data);
+}
+
+#[test]
+fn resets_loopback() {
+    each(&Net::Loopback, scenarios::resets);
+}
+
+#[test]
+fn resets_veth() {
+    each(&Net::veth(), scenarios::resets);
+}
+
+#[test]
+fn backpressure_one_stalled_reader_veth() {
+    each(&Net::veth(), |n, dp| scenarios::backpressure(n, dp, 1));
+}
+
+#[test]
+fn backpressure_many_stalled_readers_veth() {
+    each(&Net::veth(), |n, dp| scenarios::backpressure(n, dp, 8));
+}
