@@ -69,7 +69,7 @@ fn resolve(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
         .collect()
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
@@ -170,6 +170,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Prints the counters as one JSON line on stdout.
 pub fn report(stats: &Stats, dp: &Dataplane) {
+    println!("{}", serde_json::Value::Object(counters(stats, dp)));
+}
+
+/// The counters [`report`] prints, for callers that add their own.
+pub(crate) fn counters(
+    stats: &Stats,
+    dp: &Dataplane,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut json = stats.to_json();
     let put = |json: &mut serde_json::Map<String, serde_json::Value>, v: serde_json::Value| {
         if let serde_json::Value::Object(m) = v {
@@ -193,5 +201,5 @@ pub fn report(stats: &Stats, dp: &Dataplane) {
         let (socks, peers, flows) = k.occupancy();
         json.insert("map_entries".into(), (socks + peers + flows).into());
     }
-    println!("{}", serde_json::Value::Object(json));
+    json
 }

@@ -3,6 +3,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod conns;
 mod dataplane;
 mod forward;
@@ -21,6 +22,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve Istio's Gateway, VirtualService, DestinationRule, ServiceEntry
+    /// and WorkloadEntry resources: the long-running agent.
+    Run(agent::RunArgs),
+    /// Apply Istio YAML to the running agent, like `kubectl apply`.
+    Apply(agent::cli::ChangeArgs),
+    /// Delete the resources Istio YAML names from the running agent, like
+    /// `kubectl delete -f`.
+    Delete(agent::cli::ChangeArgs),
+    /// Check Istio YAML offline, with the rules the agent applies.
+    Validate(agent::cli::ValidateArgs),
     /// Forward one listening address to backends (like socat, in the kernel).
     Forward(forward::Args),
 }
@@ -64,6 +75,13 @@ pub async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The client commands need neither logging nor a runtime.
+    let command = match cli.command {
+        Command::Apply(args) => return finish(agent::cli::change(agent::admin::Op::Apply, args)),
+        Command::Delete(args) => return finish(agent::cli::change(agent::admin::Op::Delete, args)),
+        Command::Validate(args) => return finish(agent::cli::validate(args)),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -83,15 +101,27 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
+            Command::Run(args) => agent::run(args).await,
             Command::Forward(args) => forward::run(args).await,
+            Command::Apply(_) | Command::Delete(_) | Command::Validate(_) => Ok(()),
         }
     });
+    finish(result)
+}
+
+/// `error: ...` on stderr and a failure status; configuration refused at
+/// start-up gets its own status, so a supervisor can tell it apart.
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<agent::BadConfig>().is_some() {
+                ExitCode::from(agent::EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -201,7 +201,9 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
     }
 }
 
-/// Raises the open-files limit to its hard limit; returns the new soft limit.
+/// Raises the open-files limit as far as the process may: with
+/// CAP_SYS_RESOURCE up to the system's `fs.nr_open`, else to the hard limit.
+/// Returns the new soft limit. A gateway holds two sockets per connection.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -209,6 +211,21 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     };
     // SAFETY: getrlimit writes one struct.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let wanted = nr_open.min(1 << 20);
+    if wanted > lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted,
+        };
+        // SAFETY: setrlimit reads one struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(wanted);
+        }
+    }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: setrlimit reads one struct.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;

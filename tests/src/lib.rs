@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod agent;
 pub mod netns;
 pub mod scenarios;
 
@@ -275,6 +276,13 @@ impl Stream {
         }
     }
 
+    /// The SHA-256 of the stream `seed` gives for `len` bytes.
+    pub fn hash(seed: u64, len: u64) -> [u8; 32] {
+        Stream::new(seed, len)
+            .write_to(&mut std::io::sink())
+            .expect("sink")
+    }
+
     /// Writes the whole stream to `w`; returns its SHA-256.
     pub fn write_to(mut self, w: &mut impl std::io::Write) -> std::io::Result<[u8; 32]> {
         let mut hash = Sha256::new();
@@ -335,21 +343,43 @@ pub fn exchange_in(s: TcpStream, stream: Stream, order: Order) -> std::io::Resul
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut r = s.try_clone()?;
-    let mut w = s;
-    let mut read_first = None;
+    exchange_from(&mut r, s, stream, order)
+}
+
+/// What one end sends: written whole, hashed as written.
+pub trait Source: Send + 'static {
+    fn send(self, w: &mut TcpStream) -> std::io::Result<[u8; 32]>;
+}
+
+impl Source for Stream {
+    fn send(self, w: &mut TcpStream) -> std::io::Result<[u8; 32]> {
+        self.write_to(w)
+    }
+}
+
+/// Sends `src` on `w` and reads `r` to its end, with the FIN placed as
+/// `order` says; returns what was sent and received.
+pub fn exchange_from(
+    r: &mut impl std::io::Read,
+    w: TcpStream,
+    src: impl Source,
+    order: Order,
+) -> std::io::Result<Seen> {
+    let mut w = w;
+    let mut first = None;
     if order == Order::ReadFirst {
-        read_first = Some(read_all(&mut r)?);
+        first = Some(read_all(r)?);
     }
     let writer = thread::spawn(move || -> std::io::Result<([u8; 32], TcpStream)> {
-        let h = stream.write_to(&mut w)?;
+        let h = src.send(&mut w)?;
         if order != Order::FinLast {
             w.shutdown(Shutdown::Write)?;
         }
         Ok((h, w))
     });
-    let (received, received_hash) = match read_first {
+    let (received, received_hash) = match first {
         Some(seen) => seen,
-        None => read_all(&mut r)?,
+        None => read_all(r)?,
     };
     let (sent_hash, w) = writer.join().expect("writer thread")?;
     if order == Order::FinLast {

@@ -28,6 +28,9 @@ pub struct Netns {
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            remove_orphans();
+        }
         let name = format!("gwt-{}-{n}-{tag}", std::process::id());
         ip(&["netns", "add", &name]);
         let ns = Netns { name };
@@ -65,6 +68,27 @@ impl Netns {
                 }
                 Ok(())
             });
+        }
+    }
+}
+
+/// Deletes namespaces left by test processes that died without cleaning up
+/// (killed by a signal): their names carry the process id.
+fn remove_orphans() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("gwt-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
 }

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{exchange_in, read_all, Gateway, Net, Order, Stream, StreamBackend, IO_TIMEOUT};
+use crate::{
+    exchange_from, exchange_in, read_all, Gateway, Net, Order, Seen, Stream, StreamBackend,
+    IO_TIMEOUT,
+};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
@@ -449,4 +452,261 @@ impl std::io::Write for Counting<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// What a mixed run moved.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Mix {
+    pub connections: u64,
+    pub bytes: u64,
+    pub failures: u64,
+}
+
+/// The first bytes of a mixed client's stream: what the backend must do.
+const HEADER: usize = 24;
+
+fn order_code(o: Order) -> u8 {
+    match o {
+        Order::Concurrent => 0,
+        Order::ReadFirst => 1,
+        Order::FinLast => 2,
+    }
+}
+
+fn order_of(code: u8) -> Order {
+    match code % 3 {
+        0 => Order::Concurrent,
+        1 => Order::ReadFirst,
+        _ => Order::FinLast,
+    }
+}
+
+/// What a scripted backend saw on one connection: the client's id and the
+/// exchange, or what went wrong.
+pub type Report = Result<(u64, Seen), String>;
+
+/// A backend whose behaviour each client chooses: the client's stream starts
+/// with [`HEADER`] bytes giving the answer's length and seed, when to send it
+/// relative to the FIN, and how slowly to read. It reports what it saw.
+pub fn scripted_backend(l: TcpListener) -> (Backend, mpsc::Receiver<Report>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let backend = Backend::serve(l, move |mut s| {
+        let result = (|| -> std::io::Result<(u64, Seen)> {
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            let mut h = [0u8; HEADER];
+            s.read_exact(&mut h)?;
+            let id = u64::from_le_bytes(h[0..8].try_into().expect("8 bytes"));
+            let down = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+            let order = order_of(h[16]);
+            let pause = Duration::from_micros(u64::from(h[17]) * 100);
+            let mut r = Slow {
+                inner: s.try_clone()?,
+                pause,
+                header: Some(h),
+            };
+            let seen = exchange_from(&mut r, s, Stream::new(id ^ 0xd0d0, down), order)?;
+            Ok((id, seen))
+        })();
+        let _ = tx
+            .lock()
+            .expect("lock")
+            .send(result.map_err(|e| e.to_string()));
+    });
+    (backend, rx)
+}
+
+/// A reader that sleeps between reads (a slow application), and hands back a
+/// header it has already consumed so the hash covers the whole stream.
+struct Slow {
+    inner: TcpStream,
+    pause: Duration,
+    header: Option<[u8; HEADER]>,
+}
+
+impl std::io::Read for Slow {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(h) = self.header.take() {
+            buf[..HEADER].copy_from_slice(&h);
+            return Ok(HEADER);
+        }
+        if !self.pause.is_zero() {
+            thread::sleep(self.pause);
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// A client stream that starts with the header for [`scripted_backend`].
+struct Scripted {
+    header: [u8; HEADER],
+    rest: Stream,
+}
+
+impl crate::Source for Scripted {
+    fn send(self, w: &mut TcpStream) -> std::io::Result<[u8; 32]> {
+        use sha2::Digest as _;
+        // Hash header and body as one stream, as the backend sees it.
+        let mut tee = Tee {
+            inner: w,
+            hash: sha2::Sha256::new(),
+        };
+        tee.write_all(&self.header)?;
+        self.rest.write_to(&mut tee)?;
+        Ok(tee.hash.finalize().into())
+    }
+}
+
+struct Tee<'a, W> {
+    inner: &'a mut W,
+    hash: sha2::Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A size from a log-uniform spread: mostly small, sometimes megabytes.
+fn size(rng: &mut impl rand::Rng, max_log2: u32) -> u64 {
+    match rng.random_range(0..8) {
+        0 => 0,
+        1 => rng.random_range(1..16),
+        _ => {
+            let bits = rng.random_range(4..=max_log2);
+            rng.random_range(0..(1u64 << bits))
+        }
+    }
+}
+
+/// `n` connections through one gateway, `concurrency` at a time, each with a
+/// random size each way (up to 2^max_log2 bytes), random FIN orders on both
+/// ends and, for some, a slow reader. Every byte is checked.
+pub fn mixed(net: &Net, dp: &str, n: u64, concurrency: u64, seed: u64, max_log2: u32) -> Mix {
+    use rand::{Rng as _, SeedableRng as _};
+    let (backend, seen) = scripted_backend(net.backend_listener());
+    let gw = net.gateway(backend.addr, dp, &[]);
+    let mut plan = rand::rngs::SmallRng::seed_from_u64(seed);
+    let jobs: Vec<_> = (0..n)
+        .map(|id| {
+            let up = size(&mut plan, max_log2);
+            let down = size(&mut plan, max_log2);
+            let orders = [Order::Concurrent, Order::ReadFirst, Order::FinLast];
+            // The client always speaks first (the backend waits for its
+            // header), so it never reads first.
+            let client_order = orders[[0, 2][plan.random_range(0..2)]];
+            // A client that closes only after the whole answer needs a
+            // backend that closes without waiting for the client's FIN;
+            // otherwise both would wait forever, as over any TCP path.
+            let backend_order = match client_order {
+                Order::FinLast => Order::Concurrent,
+                _ => orders[plan.random_range(0..3)],
+            };
+            let slow = if plan.random_range(0..6) == 0 {
+                plan.random_range(1..=20)
+            } else {
+                0
+            };
+            (id, up, down, client_order, backend_order, slow)
+        })
+        .collect();
+    let jobs = Arc::new(std::sync::Mutex::new(jobs.into_iter()));
+    let mut mix = Mix::default();
+    let mut sent = std::collections::HashMap::new();
+    let results: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (jobs, net, addr) = (jobs.clone(), net.clone(), gw.addr);
+            thread::spawn(move || {
+                let mut out = Vec::new();
+                loop {
+                    let job = jobs.lock().expect("lock").next();
+                    let Some((id, up, down, co, bo, slow)) = job else {
+                        break;
+                    };
+                    let mut header = [0u8; HEADER];
+                    header[0..8].copy_from_slice(&id.to_le_bytes());
+                    header[8..16].copy_from_slice(&down.to_le_bytes());
+                    header[16] = order_code(bo);
+                    header[17] = slow;
+                    let r = net.connect(addr).and_then(|s| {
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        s.set_write_timeout(Some(IO_TIMEOUT))?;
+                        let mut r = s.try_clone()?;
+                        let script = Scripted {
+                            header,
+                            rest: Stream::new(id, up),
+                        };
+                        exchange_from(&mut r, s, script, co)
+                    });
+                    out.push((id, up, down, r.map_err(|e| e.to_string())));
+                }
+                out
+            })
+        })
+        .collect();
+    for h in results {
+        for (id, up, down, r) in h.join().expect("client thread") {
+            mix.connections += 1;
+            match r {
+                Ok(seen) => {
+                    if seen.received != down
+                        || seen.received_hash != Stream::hash(id ^ 0xd0d0, down)
+                    {
+                        eprintln!(
+                            "{dp} connection {id}: client got {} of {down} bytes, or wrong ones",
+                            seen.received
+                        );
+                        mix.failures += 1;
+                    }
+                    sent.insert(id, (up, seen.sent_hash));
+                    mix.bytes += up + down;
+                }
+                Err(e) => {
+                    eprintln!("{dp} connection {id} (up {up}, down {down}): client: {e}");
+                    mix.failures += 1;
+                }
+            }
+        }
+    }
+    for _ in 0..mix.connections {
+        match seen.recv_timeout(IO_TIMEOUT) {
+            Ok(Ok((id, back))) => {
+                let ok = sent.get(&id).is_some_and(|(up, hash)| {
+                    back.received == *up + HEADER as u64 && back.received_hash == *hash
+                });
+                if !ok {
+                    eprintln!(
+                        "{dp} connection {id}: backend got {} bytes, or wrong ones",
+                        back.received
+                    );
+                    mix.failures += 1;
+                }
+            }
+            Ok(Err(e)) => {
+                eprintln!("{dp}: backend: {e}");
+                mix.failures += 1;
+            }
+            Err(_) => {
+                eprintln!("{dp}: a backend connection never finished");
+                mix.failures += 1;
+                break;
+            }
+        }
+    }
+    let stats = gw.stop();
+    if u64_at(&stats, "connections_aborted") > 0 || u64_at(&stats, "connections_reset") > 0 {
+        eprintln!("{dp}: {stats}");
+        mix.failures += 1;
+    }
+    drop(backend);
+    mix
 }

@@ -276,7 +276,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         if unread == 0 {
             break;
         }
-        let written = sys::written(dst).map_err(gone)? - w.written0;
+        let written = sys::written(dst).map_err(gone)?.saturating_sub(w.written0);
         if written != flow.redirected + w.ctl.consumed {
             // dst's psock still owes earlier bytes: look again soon.
             waiting = true;
@@ -301,7 +301,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         }
     }
 
-    let written = sys::written(dst).map_err(gone)? - w.written0;
+    let written = sys::written(dst).map_err(gone)?.saturating_sub(w.written0);
     if written != w.last_written {
         w.last_written = written;
         w.last_change = Instant::now();
@@ -311,7 +311,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
     // The FIN goes on only when every byte before it is in dst.
     let src_info = sys::tcp_info(src).map_err(gone)?;
     let fin = fin_received(src_info.state);
-    let payload = src_info.bytes_received - u64::from(fin);
+    let payload = src_info.bytes_received.saturating_sub(u64::from(fin));
     if fin {
         if written == payload && w.pending.is_empty() {
             sys::shutdown_write(dst).map_err(gone)?;

@@ -152,16 +152,6 @@ pub enum ConfigError {
     Invalid(Vec<Diagnostic>),
 }
 
-impl ConfigError {
-    /// The individual problems (empty for an I/O error).
-    pub fn problems(&self) -> &[Diagnostic] {
-        match self {
-            ConfigError::Invalid(problems) => problems,
-            ConfigError::Read { .. } => &[],
-        }
-    }
-}
-
 struct Joined<'a>(&'a [Diagnostic]);
 
 impl fmt::Display for Joined<'_> {

@@ -10,7 +10,6 @@
 //! [`Store::apply`] / [`Store::delete`] return a new store together with its
 //! [`Snapshot`], or an error and nothing changed (the caller keeps the old
 //! store), so a bad file never takes a working gateway down.
-#![expect(dead_code, reason = "wired into gateway run next")]
 
 mod error;
 mod model;
@@ -64,6 +63,10 @@ pub struct Listener {
     pub port: u16,
     /// The Gateway that declared it, `namespace/name`.
     pub gateway: String,
+    /// Where that Gateway came from and which of its `spec.servers` this
+    /// is, so a port the system refuses can be blamed on the right field.
+    pub origin: Origin,
+    pub server: usize,
     pub route: TcpRoute,
 }
 
@@ -111,7 +114,7 @@ pub struct Endpoint {
 
 /// Where an endpoint is. DNS names (ServiceEntry `resolution: DNS`) are
 /// kept as names and resolved when connecting, as Envoy's STRICT_DNS does.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Address {
     Ip(IpAddr),
     Dns(String),
@@ -200,12 +203,36 @@ impl Batch {
     }
 }
 
+/// Which namespace documents without `metadata.namespace` land in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace<'a> {
+    /// kubectl's `-n`: documents without a namespace get it, and a document
+    /// naming a different one is refused, as kubectl does.
+    Only(&'a str),
+    /// A default for documents without one; others keep theirs (`gateway
+    /// run --namespace`, where a directory may mix namespaces).
+    Default(&'a str),
+}
+
+impl<'a> From<Option<&'a str>> for Namespace<'a> {
+    /// `-n` if given, else kubectl's [`DEFAULT_NAMESPACE`].
+    fn from(n: Option<&'a str>) -> Self {
+        n.map_or(Namespace::Default(DEFAULT_NAMESPACE), Namespace::Only)
+    }
+}
+
 /// Reads one YAML file (any number of `---` separated documents).
 ///
-/// `namespace` is kubectl's `-n`: documents without `metadata.namespace` get
-/// it, and a document naming a different one is refused, as kubectl does.
-/// Without it, documents default to [`DEFAULT_NAMESPACE`].
-pub fn parse(text: &str, file: &str, namespace: Option<&str>) -> Result<Batch, ConfigError> {
+/// `namespace` is usually kubectl's `-n` as an `Option` (see [`Namespace`]):
+/// documents without `metadata.namespace` get it, and a document naming a
+/// different one is refused. Without it, documents default to
+/// [`DEFAULT_NAMESPACE`].
+pub fn parse<'a>(
+    text: &str,
+    file: &str,
+    namespace: impl Into<Namespace<'a>>,
+) -> Result<Batch, ConfigError> {
+    let namespace = namespace.into();
     let file: Arc<str> = Arc::from(file);
     let mut errors = Vec::new();
     let mut batch = Batch::default();
@@ -256,7 +283,34 @@ pub fn parse(text: &str, file: &str, namespace: Option<&str>) -> Result<Batch, C
 /// Reads files and directories as `kubectl apply -f` does: a directory
 /// contributes its `*.yaml`, `*.yml` and `*.json` files (not recursively), in
 /// name order. Problems in every file are reported together.
-pub fn load_paths(paths: &[PathBuf], namespace: Option<&str>) -> Result<Batch, ConfigError> {
+pub fn load_paths<'a>(
+    paths: &[PathBuf],
+    namespace: impl Into<Namespace<'a>>,
+) -> Result<Batch, ConfigError> {
+    let namespace = namespace.into();
+    let files = manifest_files(paths)?;
+    let mut batch = Batch::default();
+    let mut problems = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        match parse(&text, &file.display().to_string(), namespace) {
+            Ok(b) => batch.extend(b),
+            Err(ConfigError::Invalid(mut p)) => problems.append(&mut p),
+            Err(e) => return Err(e),
+        }
+    }
+    if problems.is_empty() {
+        Ok(batch)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// The files [`load_paths`] reads for `paths`, in the order it reads them.
+pub fn manifest_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     let mut files = Vec::new();
     for path in paths {
         let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
@@ -299,25 +353,7 @@ pub fn load_paths(paths: &[PathBuf], namespace: Option<&str>) -> Result<Batch, C
             files.push(path.clone());
         }
     }
-
-    let mut batch = Batch::default();
-    let mut problems = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        match parse(&text, &file.display().to_string(), namespace) {
-            Ok(b) => batch.extend(b),
-            Err(ConfigError::Invalid(mut p)) => problems.append(&mut p),
-            Err(e) => return Err(e),
-        }
-    }
-    if problems.is_empty() {
-        Ok(batch)
-    } else {
-        Err(ConfigError::Invalid(problems))
-    }
+    Ok(files)
 }
 
 enum Read {
@@ -329,7 +365,7 @@ fn read_document(
     doc: yaml::Document<'_>,
     head: serde_json::Value,
     origin: &mut Origin,
-    namespace: Option<&str>,
+    namespace: Namespace<'_>,
 ) -> Result<Read, Vec<Diagnostic>> {
     let one = |origin: &Origin, field: &str, message: String| {
         vec![Diagnostic::new(Some(origin), field, message)]
@@ -429,13 +465,13 @@ fn read_document(
             location: e.location,
         }]
     };
+    let (Namespace::Only(fallback_ns) | Namespace::Default(fallback_ns)) = namespace;
     // Name the resource in messages as early as its metadata allows.
     let provisional_ns = obj
         .get("metadata")
         .and_then(|m| m.get("namespace"))
         .and_then(|n| n.as_str())
-        .or(namespace)
-        .unwrap_or(DEFAULT_NAMESPACE)
+        .unwrap_or(fallback_ns)
         .to_string();
     if !meta_name.is_empty() {
         origin.id = Some(ResourceId {
@@ -496,7 +532,7 @@ fn read_document(
         return Err(one(origin, "metadata.name", why));
     }
     let ns = match (&metadata.namespace, namespace) {
-        (Some(doc_ns), Some(flag)) if doc_ns != flag => {
+        (Some(doc_ns), Namespace::Only(flag)) if doc_ns != flag => {
             return Err(one(
                 origin,
                 "metadata.namespace",
@@ -507,8 +543,7 @@ fn read_document(
             ))
         }
         (Some(doc_ns), _) => doc_ns.clone(),
-        (None, Some(flag)) => flag.to_string(),
-        (None, None) => DEFAULT_NAMESPACE.to_string(),
+        (None, _) => fallback_ns.to_string(),
     };
     if let Err(why) = validate::dns1123_label(&ns) {
         return Err(one(origin, "metadata.namespace", why));
@@ -608,23 +643,28 @@ impl Store {
         &self.agent
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The applied resources, in key order.
     pub fn resources(&self) -> impl Iterator<Item = &Resource> {
         self.entries.values().map(|e| e.resource.as_ref())
-    }
-
-    pub fn get(&self, id: &ResourceId) -> Option<&Resource> {
-        self.entries.get(id).map(|e| e.resource.as_ref())
     }
 
     /// `kubectl apply`: create or replace each resource by key, all or
     /// nothing. Fails if the batch names a resource twice or if the result
     /// does not resolve to a valid snapshot; `self` is left as it was.
     pub fn apply(&self, resources: &[Resource]) -> Result<Applied, ConfigError> {
+        self.update(resources, &[])
+    }
+
+    /// [`Store::apply`] of `resources` and removal of `remove` as one
+    /// change, all or nothing: a watched file that swaps one resource for
+    /// another must not pass through a state that does not resolve. Removing
+    /// a missing resource is not an error; it shows as [`Action::NotFound`].
+    /// An id in both lists is applied, not removed.
+    pub fn update(
+        &self,
+        resources: &[Resource],
+        remove: &[ResourceId],
+    ) -> Result<Applied, ConfigError> {
         let mut seen: BTreeMap<&ResourceId, &Origin> = BTreeMap::new();
         let mut problems = Vec::new();
         for r in resources {
@@ -674,6 +714,8 @@ impl Store {
                 action,
             });
         }
+        // What the same change also applies stays.
+        changes.extend(next.remove(remove.iter().filter(|id| !seen.contains_key(id))));
         let snapshot = next.snapshot()?;
         Ok(Applied {
             store: next,
@@ -682,27 +724,32 @@ impl Store {
         })
     }
 
-    /// `kubectl delete -f`: remove each resource by key, all or nothing.
-    /// Missing resources are reported as [`Action::NotFound`], not refused,
-    /// so deleting files in any order works as it does with kubectl.
-    pub fn delete(&self, resources: &[Resource]) -> Result<Applied, ConfigError> {
-        let mut next = self.clone();
+    fn remove<'a>(&mut self, ids: impl Iterator<Item = &'a ResourceId>) -> Vec<Change> {
         let mut done = BTreeSet::new();
         let mut changes = Vec::new();
-        for r in resources {
-            if !done.insert(&r.id) {
+        for id in ids {
+            if !done.insert(id) {
                 continue;
             }
-            let action = if next.entries.remove(&r.id).is_some() {
+            let action = if self.entries.remove(id).is_some() {
                 Action::Deleted
             } else {
                 Action::NotFound
             };
             changes.push(Change {
-                id: r.id.clone(),
+                id: id.clone(),
                 action,
             });
         }
+        changes
+    }
+
+    /// `kubectl delete -f`: remove each resource by key, all or nothing.
+    /// Missing resources are reported as [`Action::NotFound`], not refused,
+    /// so deleting files in any order works as it does with kubectl.
+    pub fn delete(&self, resources: &[Resource]) -> Result<Applied, ConfigError> {
+        let mut next = self.clone();
+        let changes = next.remove(resources.iter().map(|r| &r.id));
         let snapshot = next.snapshot()?;
         Ok(Applied {
             store: next,
@@ -730,12 +777,9 @@ impl Resource {
         &self.id.namespace
     }
 
-    pub fn name(&self) -> &str {
-        &self.id.name
-    }
-
-    /// The resource's own `metadata.labels`.
-    pub fn labels(&self) -> &BTreeMap<String, String> {
-        &self.metadata.labels
+    /// The document as it was read (without `status`), to store it and
+    /// read it again later.
+    pub fn content(&self) -> &serde_json::Value {
+        &self.content
     }
 }

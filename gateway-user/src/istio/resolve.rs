@@ -124,6 +124,8 @@ impl<'a> World<'a> {
                 listeners.push(Listener {
                     port: s.port,
                     gateway: s.gateway.id.qualified_name(),
+                    origin: s.gateway.origin.clone(),
+                    server: s.index,
                     route,
                 });
             }
@@ -226,7 +228,7 @@ impl<'a> World<'a> {
                     report.warn(
                         o,
                         format!("{p}.bind"),
-                        "not supported; the gateway listens on all addresses",
+                        "not supported; ports open on the address `gateway run --listen-address` gives",
                     );
                 }
                 if server.default_endpoint.is_some() {

@@ -153,6 +153,12 @@ fn traffic_shifting_task_end_to_end() {
     assert_eq!(split(snap), [(v("v1"), 100)]);
     let listener = &snap.listeners[0];
     assert_eq!(listener.port, 31400);
+    // Where the port came from, to blame it if the system refuses it.
+    assert_eq!(
+        listener.origin.to_string(),
+        format!("tcp-echo-all-v1.yaml: document 1 (Gateway {NS}/tcp-echo-gateway)")
+    );
+    assert_eq!(listener.server, 0);
     assert_eq!(listener.gateway, format!("{NS}/tcp-echo-gateway"));
     assert_eq!(listener.route.virtual_service, format!("{NS}/tcp-echo"));
     assert_eq!(listener.route.rule, 0);
@@ -235,6 +241,45 @@ fn routes_before_endpoints_are_refused_and_say_why() {
              is not defined by any ServiceEntry",
         ],
     );
+}
+
+#[test]
+fn update_applies_and_removes_in_one_step() {
+    let store = task_store();
+    let endpoints = parse_ns(ENDPOINTS, "tcp-echo-endpoints.yaml");
+    let v1_workload = endpoints.resources[1].id.clone();
+    assert_eq!(v1_workload.name, "tcp-echo-v1");
+    // Removing v1's workload alone leaves the route without endpoints ...
+    let err = store.update(&[], std::slice::from_ref(&v1_workload));
+    assert!(err.is_err());
+    // ... but not when the route moves to v2 in the same step.
+    let all_v2 = parse_ns(ALL_V2, "tcp-echo-all-v2.yaml");
+    let step = store
+        .update(&all_v2.resources, std::slice::from_ref(&v1_workload))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(split(&step.snapshot), [(v("v2"), 100)]);
+    let actions: Vec<Action> = step.changes.iter().map(|c| c.action).collect();
+    assert_eq!(actions, [Action::Configured, Action::Deleted]);
+    // An id both applied and removed is applied.
+    let vs = all_v2.resources[0].id.clone();
+    let step = store
+        .update(&all_v2.resources, &[vs])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(step.changes.len(), 1);
+    assert_eq!(store.resources().count(), 6, "the old store is untouched");
+}
+
+#[test]
+fn a_namespace_default_does_not_refuse_other_namespaces() {
+    let text = V2_20.replace(
+        "  name: tcp-echo\n",
+        "  name: tcp-echo\n  namespace: elsewhere\n",
+    );
+    let batch = parse(&text, "vs.yaml", Namespace::Default(NS)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(batch.resources[0].id.namespace, "elsewhere");
+    let batch = parse(V2_20, "vs.yaml", Namespace::Default(NS)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(batch.resources[0].id.namespace, NS);
+    assert!(parse(&text, "vs.yaml", Namespace::Only(NS)).is_err());
 }
 
 #[test]
@@ -628,7 +673,8 @@ fn all_three_api_versions_give_the_same_snapshot() {
         let shift = V2_20.replace("networking.istio.io/v1alpha3", &to);
         let store = Store::new(Agent::default());
         let store = apply(&store, &endpoints, "e.yaml").store;
-        let store = apply(&store, &all, "a.yaml").store;
+        // The listener names the Gateway's file: keep the reference's.
+        let store = apply(&store, &all, "tcp-echo-all-v1.yaml").store;
         let snap = apply(&store, &shift, "s.yaml").snapshot;
         assert_eq!(snap.listeners, reference.listeners, "{version}");
         assert!(parse_ns(&all, "a.yaml")

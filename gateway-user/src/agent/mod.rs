@@ -1,0 +1,304 @@
+//! `gateway run`: the long-running agent. It serves what the applied Istio
+//! resources say (a listener per Gateway port, a weighted route per
+//! listener), takes live changes over a root-only Unix socket (`gateway
+//! apply` / `gateway delete`), watches its `--config` files, and keeps what
+//! was applied across restarts under `--state-dir`.
+//!
+//! Every change goes through [`config::Controller`], one at a time: the new
+//! store is resolved, new ports are bound and the state is saved before
+//! anything is switched, so a change either takes effect whole or not at
+//! all. Connections capture their route at accept time; a change affects
+//! new connections only.
+pub mod admin;
+pub mod cli;
+mod config;
+mod conn;
+mod ports;
+mod state;
+mod table;
+mod watch;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{atomic::AtomicU64, Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    dataplane::{self, Dataplane},
+    istio,
+    stats::Stats,
+    tasks::Tasks,
+};
+
+/// Where `gateway run` listens for `gateway apply` and `gateway delete`.
+pub const DEFAULT_ADMIN: &str = "/run/gateway/admin.sock";
+/// Exit status for configuration refused at start-up (BSD's `EX_USAGE`).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// The configuration given at start-up was refused; the agent exits with
+/// [`EXIT_BAD_CONFIG`].
+#[derive(Debug)]
+pub struct BadConfig(pub String);
+
+impl fmt::Display for BadConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadConfig {}
+
+/// How bytes move, as `gateway forward` takes it.
+#[derive(Debug, clap::Args)]
+pub struct DataplaneArgs {
+    /// How bytes move between the two sockets of a connection.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dataplane: dataplane::Choice,
+    /// Most connections spliced in the kernel at once (sizes the BPF maps);
+    /// connections beyond it run on splice.
+    #[arg(long, value_name = "N", default_value_t = 32_768)]
+    pub max_connections: u32,
+    /// Send buffer forced on kernel-spliced sockets, in bytes (0: the
+    /// kernel's default).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub sndbuf: u32,
+    /// Flow control: most bytes the verdict may queue for a socket beyond
+    /// what the socket itself holds.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub window: u64,
+}
+
+impl DataplaneArgs {
+    pub fn options(&self) -> dataplane::Options {
+        dataplane::Options {
+            max_sockets: self.max_connections.saturating_mul(2),
+            sndbuf: self.sndbuf,
+            window: self.window,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Istio YAML to serve: files (any number of `---` separated documents)
+    /// or directories (their *.yaml, *.yml and *.json files). Edits are
+    /// picked up while the agent runs.
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    pub config: Vec<PathBuf>,
+    /// Namespace of the --config documents that name none.
+    #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = istio::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// This gateway's labels, matched against each Gateway's selector.
+    #[arg(
+        long,
+        value_name = "KEY=VALUE[,...]",
+        value_delimiter = ',',
+        default_value = "istio=ingressgateway",
+        value_parser = parse_label
+    )]
+    pub labels: Vec<(String, String)>,
+    /// The Unix socket `gateway apply` and `gateway delete` talk to (created
+    /// root-only).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_ADMIN)]
+    pub admin: PathBuf,
+    /// Where resources applied with `gateway apply` are kept, so they
+    /// survive a restart.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/gateway")]
+    pub state_dir: PathBuf,
+    /// The address Gateway ports are opened on.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+    #[command(flatten)]
+    pub dataplane: DataplaneArgs,
+    /// How often --config files are checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_duration)]
+    pub watch_interval: Duration,
+    /// On SIGINT/SIGTERM, how long to let open connections finish.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}` is not a label (KEY=VALUE)")),
+    }
+}
+
+pub fn agent_identity(labels: &[(String, String)]) -> istio::Agent {
+    istio::Agent {
+        labels: labels.iter().cloned().collect(),
+        ..istio::Agent::default()
+    }
+}
+
+/// What the agent itself counts, beside the dataplane's [`Stats`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections that went to each cluster, by cluster name; kept when a
+    /// cluster goes away, so totals never drop.
+    clusters: Mutex<BTreeMap<String, Arc<table::ClusterCounters>>>,
+    /// Connections closed because no endpoint of their cluster answered.
+    pub no_healthy_endpoint: AtomicU64,
+    /// Single dials that failed (the connection then tried the next endpoint).
+    pub endpoint_connect_failed: AtomicU64,
+    /// Connections closed by the cluster's idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Connections accepted on a port whose route was just removed.
+    pub connections_unrouted: AtomicU64,
+}
+
+impl Counters {
+    fn cluster(&self, name: &str) -> Arc<table::ClusterCounters> {
+        let mut map = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut m = serde_json::Map::new();
+        let clusters: serde_json::Map<String, serde_json::Value> = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, c)| (name.clone(), c.connections.load(Relaxed).into()))
+            .collect();
+        m.insert("clusters".into(), clusters.into());
+        for (name, v) in [
+            ("no_healthy_endpoint", &self.no_healthy_endpoint),
+            ("endpoint_connect_failed", &self.endpoint_connect_failed),
+            ("idle_timeouts", &self.idle_timeouts),
+            ("connections_unrouted", &self.connections_unrouted),
+        ] {
+            m.insert(name.into(), v.load(Relaxed).into());
+        }
+        m
+    }
+}
+
+/// What the accept loops and connection tasks share.
+pub struct Runtime {
+    pub dp: Dataplane,
+    pub stats: Arc<Stats>,
+    pub counters: Counters,
+    pub tasks: Tasks,
+    table: RwLock<Arc<table::Table>>,
+}
+
+impl Runtime {
+    fn table(&self) -> Arc<table::Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_table(&self, t: Arc<table::Table>) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    /// Counters as one JSON line on stdout: `gateway forward`'s, plus the
+    /// config generation, open ports and per-cluster connections.
+    fn report(&self) {
+        let mut json = crate::forward::counters(&self.stats, &self.dp);
+        json.extend(self.counters.to_json());
+        let table = self.table();
+        json.insert("config_generation".into(), table.generation.into());
+        json.insert("ports".into(), table.ports().into());
+        println!("{}", serde_json::Value::Object(json));
+    }
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let agent = agent_identity(&args.labels);
+    let state = state::StateDir::open(&args.state_dir)?;
+    let overlay = state.load().map_err(|e| BadConfig(e.to_string()))?;
+    let seen = watch::fingerprint(&args.config);
+    let files = if args.config.is_empty() {
+        Vec::new()
+    } else {
+        istio::load_paths(&args.config, istio::Namespace::Default(&args.namespace))
+            .map_err(|e| BadConfig(e.to_string()))?
+            .resources
+    };
+    let plan = config::Controller::plan_start(agent, files, overlay).map_err(BadConfig)?;
+
+    let stats = Arc::new(Stats::default());
+    let dp = Dataplane::new(
+        args.dataplane.dataplane,
+        args.dataplane.options(),
+        stats.clone(),
+    )?;
+    if let Ok(limit) = crate::sys::raise_nofile_limit() {
+        tracing::debug!("open files limit {limit}");
+    }
+    let rt = Arc::new(Runtime {
+        dp,
+        stats,
+        counters: Counters::default(),
+        tasks: Tasks::default(),
+        table: RwLock::new(Arc::default()),
+    });
+    // Before any port opens: a second agent must fail without serving.
+    let admin = admin::Server::bind(&args.admin)?;
+    let controller = config::Controller::start(plan, state, args.listen_address, rt.clone())
+        .await
+        .map_err(BadConfig)?;
+    let controller = Arc::new(tokio::sync::Mutex::new(controller));
+    // Handlers in place before anyone can be told the agent is ready: a
+    // signal that comes first would otherwise kill it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    {
+        let c = controller.lock().await;
+        tracing::info!(
+            "ready: config generation {}, {} resources, ports [{}], dataplane {}, admin socket {}",
+            c.generation(),
+            c.resource_count(),
+            rt.table()
+                .ports()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            rt.dp.kind(),
+            args.admin.display()
+        );
+    }
+    let admin_task = tokio::spawn(admin.serve(controller.clone()));
+    let watch_task = (!args.config.is_empty()).then(|| {
+        tokio::spawn(watch::run(
+            args.config.clone(),
+            args.namespace.clone(),
+            args.watch_interval,
+            seen,
+            controller.clone(),
+        ))
+    });
+
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => rt.report(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: closing ports, letting open connections finish");
+    // Awaited so the admin socket is gone before the last report.
+    admin_task.abort();
+    let _ = admin_task.await;
+    if let Some(w) = watch_task {
+        w.abort();
+        let _ = w.await;
+    }
+    controller.lock().await.close_ports().await;
+    rt.tasks.drain(args.drain_timeout).await;
+    rt.report();
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! A connection's life around the bytes: backends that refuse or never
+//! answer, connections that cannot be spliced, and what the agent holds after
+//! ten thousand connections, or with ten thousand open at once.
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    sync::{atomic::AtomicU64, atomic::Ordering, Arc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use gateway_tests::{
+    free_port,
+    scenarios::{socket_reset, Backend},
+    Gateway, TcpEcho, IO_TIMEOUT,
+};
+
+fn counter(stats: &serde_json::Value, key: &str) -> u64 {
+    stats[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {key} in {stats}"))
+}
+
+/// Sends `data`, half-closes, returns everything read back.
+fn echo_round(addr: std::net::SocketAddr, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut w = s.try_clone()?;
+    let data = data.to_vec();
+    let writer = thread::spawn(move || {
+        let r = w.write_all(&data);
+        let _ = w.shutdown(Shutdown::Write);
+        r
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)?;
+    writer.join().expect("writer")?;
+    Ok(back)
+}
+
+/// A listener whose accept queue is full: SYNs to it are dropped, so a
+/// connect to it hangs until its timeout.
+fn full_listener() -> (TcpListener, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SAFETY: listen() again on our own socket only changes its backlog.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    // One completed connection fills a queue of backlog 0.
+    let filler = TcpStream::connect(l.local_addr().expect("addr")).expect("filler");
+    thread::sleep(Duration::from_millis(50));
+    (l, filler)
+}
+
+#[test]
+fn a_refused_backend_makes_the_connection_try_the_next() {
+    for dp in ["ebpf", "splice", "userspace"] {
+        let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
+        let dead = format!("127.0.0.1:{}", free_port());
+        let to = format!("{dead},{}", backend.addr);
+        let gw = Gateway::start(&[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &to,
+            "--dataplane",
+            dp,
+        ]);
+        for i in 0..6u8 {
+            let data = vec![i; 1000];
+            assert_eq!(echo_round(gw.addr, &data).expect("echo"), data, "{dp}");
+        }
+        let stats = gw.stop();
+        assert_eq!(counter(&stats, "connections_completed"), 6, "{dp}: {stats}");
+        assert_eq!(
+            counter(&stats, "backend_connect_failed"),
+            0,
+            "{dp}: {stats}"
+        );
+    }
+}
+
+#[test]
+fn without_a_backend_the_client_is_closed_at_once_and_counted() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &dead,
+        "--no-check-targets",
+    ]);
+    let started = Instant::now();
+    let mut s = TcpStream::connect(gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected the connection closed, got {r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    // The gateway keeps serving.
+    let stats = gw.sample();
+    assert_eq!(counter(&stats, "backend_connect_failed"), 1, "{stats}");
+}
+
+#[test]
+fn a_backend_that_never_answers_times_out_and_the_next_one_serves() {
+    let (hole, _filler) = full_listener();
+    let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let to = format!("{},{}", hole.local_addr().expect("addr"), backend.addr);
+    let gw = Gateway::start(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--connect-timeout",
+        "300ms",
+        "--no-check-targets",
+    ]);
+    for _ in 0..2 {
+        let started = Instant::now();
+        assert_eq!(echo_round(gw.addr, b"hello").expect("echo"), b"hello");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    drop(gw);
+    // With only the silent backend, the client is closed after the timeout.
+    let to = hole.local_addr().expect("addr").to_string();
+    let gw = Gateway::start(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--connect-timeout",
+        "300ms",
+        "--no-check-targets",
+    ]);
+    let started = Instant::now();
+    let r = echo_round(gw.addr, b"hello");
+    let took = started.elapsed();
+    assert!(
+        r.map_or(true, |v| v.is_empty()),
+        "got an answer from nowhere"
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert_eq!(counter(&gw.sample(), "backend_connect_failed"), 1);
+}
+
+#[test]
+fn a_connection_beyond_the_map_capacity_runs_on_splice() {
+    let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let gw = Gateway::forward(backend.addr, "ebpf", &["--max-connections", "1"]);
+    // The first connection fills the maps and stays open.
+    let mut first = TcpStream::connect(gw.addr).expect("connect");
+    first.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    first.write_all(b"a").expect("write");
+    let mut one = [0u8; 1];
+    first.read_exact(&mut one).expect("echo");
+    // The second cannot be inserted.
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(echo_round(gw.addr, &data).expect("echo"), data);
+    first.shutdown(Shutdown::Write).expect("fin");
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).expect("end");
+    thread::sleep(Duration::from_millis(200));
+    let stats = gw.stop();
+    assert_eq!(counter(&stats, "dataplane_ebpf"), 1, "{stats}");
+    assert_eq!(counter(&stats, "ebpf_fallback_splice"), 1, "{stats}");
+    assert_eq!(counter(&stats, "connections_completed"), 2, "{stats}");
+}
+
+#[test]
+fn a_client_that_half_closed_before_insertion_runs_on_splice() {
+    // The backend's accept queue is full, so the gateway's dial waits for a
+    // SYN retransmission (about a second) while the client sends and closes.
+    let (l, filler) = full_listener();
+    let gw = Gateway::forward(l.local_addr().expect("addr"), "ebpf", &[]);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let client = {
+        let (addr, data) = (gw.addr, data.clone());
+        thread::spawn(move || echo_round(addr, &data))
+    };
+    thread::sleep(Duration::from_millis(300));
+    // Free the queue: the retransmitted SYN gets in, and the echo serves it.
+    let (accepted, _) = l.accept().expect("accept filler");
+    drop((accepted, filler));
+    let _backend = Backend::echo(l);
+    assert_eq!(client.join().expect("client").expect("echo"), data);
+    thread::sleep(Duration::from_millis(200));
+    let stats = gw.stop();
+    assert_eq!(counter(&stats, "ebpf_fallback_splice"), 1, "{stats}");
+    assert_eq!(counter(&stats, "connections_completed"), 1, "{stats}");
+}
+
+/// Waits until the gateway relays nothing; returns its counters then.
+fn settled(gw: &Gateway) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = gw.sample();
+        if counter(&s, "connections_active") == 0 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "connections never finished: {s}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ten_thousand_connections_leave_nothing_behind() {
+    let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let gw = Gateway::forward(backend.addr, "ebpf", &[]);
+    // Warm up what is allocated once, then take the baseline.
+    for _ in 0..50 {
+        echo_round(gw.addr, b"warm").expect("echo");
+    }
+    let base = settled(&gw);
+    let n: u64 = 10_000;
+    let next = Arc::new(AtomicU64::new(0));
+    let addr = gw.addr;
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let next = next.clone();
+            thread::spawn(move || {
+                let mut wrong = 0u64;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return wrong;
+                    }
+                    match i % 4 {
+                        // An echo of 0 to 16 KiB.
+                        0 => {
+                            let data: Vec<u8> =
+                                (0..(i * 7919) % 16_384).map(|j| (j % 241) as u8).collect();
+                            if echo_round(addr, &data).map_or(true, |b| b != data) {
+                                wrong += 1;
+                            }
+                        }
+                        // The client resets mid-way.
+                        1 => {
+                            if let Ok(mut s) = TcpStream::connect(addr) {
+                                let _ = s.write_all(&[1u8; 3000]);
+                                let _ = socket_reset(&s);
+                            }
+                        }
+                        // The backend resets (the echo resets on a first `R`).
+                        2 => {
+                            if let Ok(mut s) = TcpStream::connect(addr) {
+                                let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+                                let _ = s.write_all(b"Reset please");
+                                let mut sink = Vec::new();
+                                let _ = s.read_to_end(&mut sink);
+                            }
+                        }
+                        // Connect and close at once.
+                        _ => drop(TcpStream::connect(addr)),
+                    }
+                }
+            })
+        })
+        .collect();
+    let wrong: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+    assert_eq!(wrong, 0, "echoes came back wrong");
+    let end = settled(&gw);
+    eprintln!(
+        "after {n} connections: fds {} -> {}, threads {} -> {}, rss {} -> {} KiB, map entries {}",
+        counter(&base, "open_fds"),
+        counter(&end, "open_fds"),
+        counter(&base, "threads"),
+        counter(&end, "threads"),
+        counter(&base, "rss_bytes") >> 10,
+        counter(&end, "rss_bytes") >> 10,
+        counter(&end, "map_entries"),
+    );
+    assert_eq!(counter(&end, "map_entries"), 0, "{end}");
+    assert_eq!(
+        counter(&end, "open_fds"),
+        counter(&base, "open_fds"),
+        "{end}"
+    );
+    assert_eq!(counter(&end, "threads"), counter(&base, "threads"), "{end}");
+    assert!(
+        counter(&end, "rss_bytes") < counter(&base, "rss_bytes") + (24 << 20),
+        "agent memory grew: {base} -> {end}"
+    );
+    assert_eq!(
+        counter(&end, "connections_accepted") - counter(&base, "connections_accepted"),
+        n
+    );
+}
+
+/// Raises this process's open-files limit to its hard limit; returns it.
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_max
+}
+
+#[test]
+fn ten_thousand_idle_connections_at_once() {
+    // The agent holds two sockets per connection. It raises its limit to
+    // `fs.nr_open` when it has CAP_SYS_RESOURCE; where it has not (this
+    // sandbox: a hard limit of 20,000), ask for what fits.
+    let hard = raise_nofile();
+    let fits = (hard.saturating_sub(64) / 2) as usize;
+    let n = 10_000.min(fits);
+    if n < 10_000 {
+        eprintln!("open-files hard limit {hard} without CAP_SYS_RESOURCE: holding {n} connections, not 10,000");
+    }
+    let port = free_port();
+    let _echo = TcpEcho::start(port, "one");
+    let backend = format!("127.0.0.1:{port}").parse().expect("addr");
+    let gw = Gateway::forward(backend, "ebpf", &[]);
+    let started = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = TcpStream::connect(gw.addr).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        conns.push(s);
+    }
+    // Every connection reaches its backend: ask a sample of them.
+    for (i, s) in conns.iter_mut().enumerate().step_by(97) {
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s.write_all(format!("ping {i}\n").as_bytes())
+            .expect("write");
+        let want = format!("one ping {i}\n");
+        let mut got = vec![0u8; want.len()];
+        s.read_exact(&mut got).expect("reply");
+        assert_eq!(String::from_utf8_lossy(&got), want);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let s = gw.sample();
+        if counter(&s, "connections_active") == n as u64 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all connections relayed: {s}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "{n} idle connections opened in {:?}: agent rss {} MiB, {} fds, {} map entries",
+        started.elapsed(),
+        counter(&held, "rss_bytes") >> 20,
+        counter(&held, "open_fds"),
+        counter(&held, "map_entries"),
+    );
+    // Two sockets per connection, each in SOCKS, PEERS and FLOWS.
+    assert_eq!(counter(&held, "map_entries"), 6 * n as u64, "{held}");
+    drop(conns);
+    let end = settled(&gw);
+    assert_eq!(counter(&end, "map_entries"), 0, "{end}");
+}
