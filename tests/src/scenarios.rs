@@ -460,6 +460,9 @@ pub struct Mix {
     pub connections: u64,
     pub bytes: u64,
     pub failures: u64,
+    /// The gateway's peak resident memory and peak bytes held, sampled.
+    pub peak_rss: u64,
+    pub peak_held: u64,
 }
 
 /// The first bytes of a mixed client's stream: what the backend must do.
@@ -653,6 +656,13 @@ pub fn mixed(net: &Net, dp: &str, n: u64, concurrency: u64, seed: u64, max_log2:
             })
         })
         .collect();
+    // Sample the gateway while the clients run.
+    while !results.iter().all(|h| h.is_finished()) {
+        let s = gw.sample();
+        mix.peak_rss = mix.peak_rss.max(u64_at(&s, "rss_bytes"));
+        mix.peak_held = mix.peak_held.max(u64_at(&s, "held_bytes"));
+        thread::sleep(Duration::from_millis(200));
+    }
     for h in results {
         for (id, up, down, r) in h.join().expect("client thread") {
             mix.connections += 1;

@@ -46,6 +46,16 @@ enum Command {
     },
     /// The tcp-echo scenario on this machine: backends, gateway, clients.
     Demo,
+    /// Random mixes of the data path scenarios for a while; reports bytes,
+    /// connections, peak memory and mismatches.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seed for the mix (random when absent); a failure prints its own.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +76,7 @@ fn main() -> ExitCode {
                 }
                 util::test(&args)
             }
+            Command::Soak { minutes, seed } => util::soak(minutes, seed),
             Command::Demo => {
                 util::build(false)?;
                 demo::run()

@@ -180,3 +180,17 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub fn soak(minutes: f64, seed: Option<u64>) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the soak loads BPF programs and creates network namespaces: run it as root");
+    }
+    run(cargo().args(["build", "--package", "gateway-user"]))?;
+    run(cargo().args(["build", "--package", "gateway-tests", "--bin", "soak"]))?;
+    let mut cmd = Command::new(bin(false, "soak"));
+    cmd.arg(minutes.to_string());
+    if let Some(seed) = seed {
+        cmd.arg(seed.to_string());
+    }
+    run(&mut cmd)
+}
