@@ -30,25 +30,11 @@ pub struct Args {
         required = true
     )]
     pub to: Vec<String>,
-    /// How bytes move between the two sockets of a connection.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub dataplane: dataplane::Choice,
+    #[command(flatten)]
+    pub dataplane: dataplane::DataplaneArgs,
     /// How long to wait for a backend to accept (Istio's default: 10s).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::parse_duration)]
     pub connect_timeout: Duration,
-    /// Most connections spliced in the kernel at once (sizes the BPF maps);
-    /// connections beyond it run on splice.
-    #[arg(long, value_name = "N", default_value_t = 32_768)]
-    pub max_connections: u32,
-    /// Send buffer forced on kernel-spliced sockets, in bytes (0: the
-    /// kernel's default).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub sndbuf: u32,
-    /// Flow control: most bytes the verdict may queue for a socket beyond
-    /// what the socket itself holds. A slow reader throttles its peer once
-    /// this much is waiting for it.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
-    pub window: u64,
     /// Start even if no target accepts a connection at start-up.
     #[arg(long)]
     pub no_check_targets: bool,
@@ -97,12 +83,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let stats = Arc::new(Stats::default());
-    let opts = dataplane::Options {
-        max_sockets: args.max_connections.saturating_mul(2),
-        sndbuf: args.sndbuf,
-        window: args.window,
-    };
-    let dp = Dataplane::new(args.dataplane, opts, stats.clone())?;
+    let dp = Dataplane::new(
+        args.dataplane.dataplane,
+        args.dataplane.options(),
+        stats.clone(),
+    )?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

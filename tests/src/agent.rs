@@ -14,13 +14,13 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU32, AtomicUsize, Ordering},
-        mpsc, Arc, Mutex,
+        Arc, Mutex,
     },
     thread,
     time::{Duration, Instant},
 };
 
-use crate::{bin, IO_TIMEOUT};
+use crate::{bin, Process, IO_TIMEOUT};
 
 /// The namespace of Istio's task.
 pub const NS: &str = "istio-io-tcp-traffic-shifting";
@@ -264,13 +264,11 @@ pub fn gateway_as(args: &[&str], uid: Option<u32>) -> Output {
 
 /// A running `gateway run`.
 pub struct Agent {
-    child: Option<Child>,
+    process: Process,
     /// Where the Gateway ports open.
     pub ip: IpAddr,
     pub admin: PathBuf,
     pub state: PathBuf,
-    stderr: Arc<Mutex<Vec<String>>>,
-    stdout: mpsc::Receiver<String>,
 }
 
 impl Agent {
@@ -290,47 +288,16 @@ impl Agent {
             &ip_text,
         ];
         args.extend_from_slice(extra);
-        let mut child = Command::new(bin("gateway"))
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start gateway run");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready) = mpsc::channel();
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let is_ready = line.contains(" ready: ");
-                lines.lock().expect("lock").push(line);
-                if is_ready {
-                    let _ = ready_tx.send(());
-                }
-            }
-        });
-        let (out_tx, stdout) = mpsc::channel();
-        let pipe = child.stdout.take().expect("stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = out_tx.send(line);
-            }
-        });
-        let agent = Agent {
-            child: Some(child),
+        let mut cmd = Command::new(bin("gateway"));
+        cmd.args(&args);
+        let (process, _) =
+            Process::spawn(&mut cmd, |line| line.contains(" ready: ").then(String::new));
+        Agent {
+            process,
             ip,
             admin,
             state,
-            stderr,
-            stdout,
-        };
-        if ready.recv_timeout(Duration::from_secs(30)).is_err() {
-            panic!("gateway run did not start: {:#?}", agent.stderr());
         }
-        agent
     }
 
     pub fn addr(&self, port: u16) -> SocketAddr {
@@ -338,7 +305,7 @@ impl Agent {
     }
 
     pub fn stderr(&self) -> Vec<String> {
-        self.stderr.lock().expect("lock").clone()
+        self.process.stderr()
     }
 
     /// Waits (at most `timeout`) for a log line containing every piece.
@@ -393,52 +360,18 @@ impl Agent {
         self.change("delete", files, ns, &[])
     }
 
-    fn pid(&self) -> i32 {
-        self.child.as_ref().expect("running").id() as i32
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
     }
 
     /// The agent's counters now (it prints them on SIGUSR1).
     pub fn sample(&self) -> serde_json::Value {
-        while self.stdout.try_recv().is_ok() {}
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid(), libc::SIGUSR1) };
-        let line = self
-            .stdout
-            .recv_timeout(Duration::from_secs(10))
-            .expect("gateway answered SIGUSR1");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad stats line {line:?}: {e}"))
+        self.process.sample()
     }
 
     /// Stops the agent with SIGTERM; returns its last counters.
-    pub fn stop(mut self) -> serde_json::Value {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "gateway run did not stop");
-            thread::sleep(Duration::from_millis(20));
-        }
-        let mut last = None;
-        while let Ok(line) = self.stdout.recv_timeout(Duration::from_secs(5)) {
-            last = Some(line);
-        }
-        let last = last.expect("gateway printed its counters");
-        serde_json::from_str(&last).unwrap_or_else(|e| panic!("bad stats line {last:?}: {e}"))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            for line in self.stderr() {
-                eprintln!("gateway run: {line}");
-            }
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    pub fn stop(self) -> serde_json::Value {
+        self.process.stop()
     }
 }
 

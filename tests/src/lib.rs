@@ -43,37 +43,27 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A running `gateway` process.
-pub struct Gateway {
+/// A running agent process (`gateway forward` or `gateway run`): its log
+/// lines, and the counters it prints on stdout. Killed when dropped; its log
+/// is printed if the test is failing.
+pub struct Process {
     child: Option<Child>,
-    pub addr: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: mpsc::Receiver<String>,
 }
 
-impl Gateway {
-    /// `gateway forward` from a free loopback port to `to`, on `dataplane`.
-    pub fn forward(to: SocketAddr, dataplane: &str, extra: &[&str]) -> Gateway {
-        Net::Loopback.gateway(to, dataplane, extra)
-    }
-
-    /// Starts `gateway ARGS` and waits until it says where it listens.
-    pub fn start(args: &[&str]) -> Gateway {
-        Gateway::start_in(None, args)
-    }
-
-    /// Starts `gateway ARGS`, inside `ns` if given.
-    pub fn start_in(ns: Option<&Netns>, args: &[&str]) -> Gateway {
-        let mut cmd = Command::new(bin("gateway"));
-        cmd.args(args)
-            .env("RUST_LOG", "info")
+impl Process {
+    /// Starts `cmd` and waits until a log line makes `ready` say something;
+    /// returns that.
+    pub fn spawn(
+        cmd: &mut Command,
+        ready: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) -> (Process, String) {
+        cmd.env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(ns) = ns {
-            ns.command(&mut cmd);
-        }
         let mut child = cmd.spawn().expect("start gateway");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -81,14 +71,10 @@ impl Gateway {
         let pipe = child.stderr.take().expect("stderr");
         thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let addr = line
-                    .split("listening on ")
-                    .nth(1)
-                    .and_then(|rest| rest.split([',', ' ']).next())
-                    .map(str::to_owned);
+                let seen = ready(&line);
                 lines.lock().expect("lock").push(line);
-                if let Some(addr) = addr {
-                    let _ = tx.send(addr);
+                if let Some(seen) = seen {
+                    let _ = tx.send(seen);
                 }
             }
         });
@@ -99,28 +85,26 @@ impl Gateway {
                 let _ = out_tx.send(line);
             }
         });
-        let mut gw = Gateway {
+        let p = Process {
             child: Some(child),
-            addr: "0.0.0.0:0".parse().expect("addr"),
             stderr,
             stdout,
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => gw.addr = addr.parse().expect("listen address"),
-            Err(_) => panic!("gateway did not start: {:?}", gw.stderr()),
+            Ok(seen) => (p, seen),
+            Err(_) => panic!("gateway did not start: {:#?}", p.stderr()),
         }
-        gw
     }
 
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().expect("lock").clone()
     }
 
-    fn pid(&self) -> i32 {
+    pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
 
-    /// The gateway's counters now (it prints them on SIGUSR1).
+    /// The counters now (printed on SIGUSR1).
     pub fn sample(&self) -> serde_json::Value {
         while self.stdout.try_recv().is_ok() {}
         // SAFETY: signalling our own child.
@@ -132,7 +116,7 @@ impl Gateway {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad stats line {line:?}: {e}"))
     }
 
-    /// Stops the gateway with SIGTERM and returns its final counters.
+    /// Stops the process with SIGTERM and returns its final counters.
     pub fn stop(mut self) -> serde_json::Value {
         let mut child = self.child.take().expect("running");
         // SAFETY: signalling our own child.
@@ -151,7 +135,7 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
+impl Drop for Process {
     fn drop(&mut self) {
         if thread::panicking() {
             for line in self.stderr() {
@@ -162,6 +146,57 @@ impl Drop for Gateway {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A running `gateway forward`.
+pub struct Gateway {
+    process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// `gateway forward` from a free loopback port to `to`, on `dataplane`.
+    pub fn forward(to: SocketAddr, dataplane: &str, extra: &[&str]) -> Gateway {
+        Net::Loopback.gateway(to, dataplane, extra)
+    }
+
+    /// Starts `gateway ARGS` and waits until it says where it listens.
+    pub fn start(args: &[&str]) -> Gateway {
+        Gateway::start_in(None, args)
+    }
+
+    /// Starts `gateway ARGS`, inside `ns` if given.
+    pub fn start_in(ns: Option<&Netns>, args: &[&str]) -> Gateway {
+        let mut cmd = Command::new(bin("gateway"));
+        cmd.args(args);
+        if let Some(ns) = ns {
+            ns.command(&mut cmd);
+        }
+        let (process, addr) = Process::spawn(&mut cmd, |line| {
+            line.split("listening on ")
+                .nth(1)
+                .and_then(|rest| rest.split([',', ' ']).next())
+                .map(str::to_owned)
+        });
+        Gateway {
+            process,
+            addr: addr.parse().expect("listen address"),
+        }
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.process.stderr()
+    }
+
+    /// The gateway's counters now (it prints them on SIGUSR1).
+    pub fn sample(&self) -> serde_json::Value {
+        self.process.sample()
+    }
+
+    /// Stops the gateway with SIGTERM and returns its final counters.
+    pub fn stop(self) -> serde_json::Value {
+        self.process.stop()
     }
 }
 

@@ -29,12 +29,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{
-    dataplane::{self, Dataplane},
-    istio,
-    stats::Stats,
-    tasks::Tasks,
-};
+use crate::{dataplane::Dataplane, istio, stats::Stats, tasks::Tasks};
 
 /// Where `gateway run` listens for `gateway apply` and `gateway delete`.
 pub const DEFAULT_ADMIN: &str = "/run/gateway/admin.sock";
@@ -53,36 +48,6 @@ impl fmt::Display for BadConfig {
 }
 
 impl std::error::Error for BadConfig {}
-
-/// How bytes move, as `gateway forward` takes it.
-#[derive(Debug, clap::Args)]
-pub struct DataplaneArgs {
-    /// How bytes move between the two sockets of a connection.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub dataplane: dataplane::Choice,
-    /// Most connections spliced in the kernel at once (sizes the BPF maps);
-    /// connections beyond it run on splice.
-    #[arg(long, value_name = "N", default_value_t = 32_768)]
-    pub max_connections: u32,
-    /// Send buffer forced on kernel-spliced sockets, in bytes (0: the
-    /// kernel's default).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub sndbuf: u32,
-    /// Flow control: most bytes the verdict may queue for a socket beyond
-    /// what the socket itself holds.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
-    pub window: u64,
-}
-
-impl DataplaneArgs {
-    pub fn options(&self) -> dataplane::Options {
-        dataplane::Options {
-            max_sockets: self.max_connections.saturating_mul(2),
-            sndbuf: self.sndbuf,
-            window: self.window,
-        }
-    }
-}
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -115,7 +80,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "IP", default_value = "0.0.0.0")]
     pub listen_address: IpAddr,
     #[command(flatten)]
-    pub dataplane: DataplaneArgs,
+    pub dataplane: crate::dataplane::DataplaneArgs,
     /// How often --config files are checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_duration)]
     pub watch_interval: Duration,

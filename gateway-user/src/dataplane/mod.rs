@@ -49,6 +49,37 @@ impl fmt::Display for Kind {
     }
 }
 
+/// The command-line flags that choose and tune the dataplane, shared by
+/// `gateway forward` and `gateway run`.
+#[derive(Debug, clap::Args)]
+pub struct DataplaneArgs {
+    /// How bytes move between the two sockets of a connection.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dataplane: Choice,
+    /// Most connections spliced in the kernel at once (sizes the BPF maps);
+    /// connections beyond it run on splice.
+    #[arg(long, value_name = "N", default_value_t = 32_768)]
+    pub max_connections: u32,
+    /// Send buffer forced on kernel-spliced sockets, in bytes (0: the
+    /// kernel's default).
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub sndbuf: u32,
+    /// Flow control: most bytes the verdict may queue for a socket beyond
+    /// what the socket itself holds.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub window: u64,
+}
+
+impl DataplaneArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            max_sockets: self.max_connections.saturating_mul(2),
+            sndbuf: self.sndbuf,
+            window: self.window,
+        }
+    }
+}
+
 /// Tunables of the data path.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
