@@ -83,6 +83,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let stats = Arc::new(Stats::default());
+    // Before anything says the gateway is up: SIGUSR1's default action is
+    // to terminate the process.
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot handle SIGUSR1")?;
+    let shutdown = crate::shutdown_signal();
+    tokio::pin!(shutdown);
     let dp = Dataplane::new(
         args.dataplane.dataplane,
         args.dataplane.options(),
@@ -108,10 +114,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(0));
     let targets = Arc::new(targets);
     let tasks = crate::tasks::Tasks::default();
-    let shutdown = crate::shutdown_signal();
-    tokio::pin!(shutdown);
-    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        .context("cannot handle SIGUSR1")?;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
