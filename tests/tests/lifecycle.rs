@@ -111,6 +111,19 @@ fn without_a_backend_the_client_is_closed_at_once_and_counted() {
     // The gateway keeps serving.
     let stats = gw.sample();
     assert_eq!(counter(&stats, "backend_connect_failed"), 1, "{stats}");
+    // Logged once, naming the backend (the log reader may lag a little).
+    let warnings = || -> Vec<String> {
+        gw.stderr()
+            .into_iter()
+            .filter(|l| l.contains("WARN") && l.contains(&dead))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while warnings().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(warnings().len(), 1, "{:?}", warnings());
 }
 
 #[test]
