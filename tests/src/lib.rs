@@ -22,6 +22,17 @@ use sha2::{Digest as _, Sha256};
 /// Longest any single socket operation in a test may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `n` scaled by `GATEWAY_TEST_SCALE` (a percentage, 100 when unset): the
+/// kernel matrix runs the many-connection tests smaller, since a guest
+/// under qemu's emulation is some ten times slower than this machine.
+pub fn scaled(n: u64) -> u64 {
+    let pct = std::env::var("GATEWAY_TEST_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(100);
+    (n * pct / 100).max(1)
+}
+
 /// A binary of the gateway-user package, built next to this test binary
 /// (`cargo xtask test` builds them first). `GATEWAY_BIN_DIR` overrides.
 pub fn bin(name: &str) -> PathBuf {

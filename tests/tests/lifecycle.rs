@@ -245,7 +245,7 @@ fn ten_thousand_connections_leave_nothing_behind() {
         echo_round(gw.addr, b"warm").expect("echo");
     }
     let base = settled(&gw);
-    let n: u64 = 10_000;
+    let n: u64 = gateway_tests::scaled(10_000);
     let next = Arc::new(AtomicU64::new(0));
     let addr = gw.addr;
     let workers: Vec<_> = (0..16)
@@ -342,9 +342,10 @@ fn ten_thousand_idle_connections_at_once() {
     // sandbox: a hard limit of 20,000), ask for what fits.
     let hard = raise_nofile();
     let fits = (hard.saturating_sub(64) / 2) as usize;
-    let n = 10_000.min(fits);
-    if n < 10_000 {
-        eprintln!("open-files hard limit {hard} without CAP_SYS_RESOURCE: holding {n} connections, not 10,000");
+    let want = gateway_tests::scaled(10_000) as usize;
+    let n = want.min(fits);
+    if n < want {
+        eprintln!("open-files hard limit {hard} without CAP_SYS_RESOURCE: holding {n} connections, not {want}");
     }
     let port = free_port();
     let _echo = TcpEcho::start(port, "one");

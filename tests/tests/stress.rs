@@ -5,6 +5,7 @@
 use gateway_tests::{scenarios, Net};
 
 fn check(net: &Net, dp: &str, n: u64, seed: u64) {
+    let n = gateway_tests::scaled(n);
     let m = scenarios::mixed(net, dp, n, 12, seed, 22);
     eprintln!(
         "{} {dp}: {} connections, {} MiB, {} failures",

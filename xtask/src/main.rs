@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod kernel;
 mod setup;
 mod util;
 
@@ -40,6 +41,20 @@ enum Command {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Run every guest-sized test on these kernels under qemu instead of
+        /// the tests on this machine: 5.10, 6.1, 6.12, latest or all
+        /// (comma separated).
+        #[arg(long, value_name = "SERIES")]
+        kernel: Option<String>,
+        /// With --kernel: only the quick plan (what `cargo xtask test` runs).
+        #[arg(long, requires = "kernel")]
+        quick: bool,
+        /// Skip the quick kernel matrix that follows the tests on this machine.
+        #[arg(long)]
+        no_kernels: bool,
+        /// Rewrite README.md's kernel table with this run's.
+        #[arg(long)]
+        readme: bool,
         /// Passed to `cargo test` (a test name filter, `--nocapture`...).
         #[arg(last = true)]
         args: Vec<String>,
@@ -70,11 +85,48 @@ fn main() -> ExitCode {
                 util::run_gateway(release, &args)
             }
             Command::Lint => util::lint(),
-            Command::Test { no_lint, args } => {
+            Command::Test {
+                no_lint,
+                kernel: Some(which),
+                quick,
+                readme,
+                ..
+            } => {
                 if !no_lint {
                     util::lint()?;
                 }
-                util::test(&args)
+                let names = if which == "all" {
+                    kernel::series_names()
+                } else {
+                    which.split(',').map(str::trim).collect()
+                };
+                let plan = if quick {
+                    kernel::Plan::Quick
+                } else {
+                    kernel::Plan::Full
+                };
+                kernel::run(&names, plan, readme)
+            }
+            Command::Test {
+                no_lint,
+                kernel: None,
+                no_kernels,
+                readme,
+                args,
+                ..
+            } => {
+                if !no_lint {
+                    util::lint()?;
+                }
+                let host = util::test(&args);
+                // The matrix runs even when a host test failed: its table
+                // says on which kernels the failure shows.
+                let guests = if no_kernels || !args.is_empty() {
+                    Ok(())
+                } else {
+                    kernel::run(kernel::QUICK, kernel::Plan::Quick, readme)
+                };
+                host.and(guests)
             }
             Command::Soak { minutes, seed } => util::soak(minutes, seed),
             Command::Demo => {
