@@ -89,11 +89,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot handle SIGUSR1")?;
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
-    let dp = Dataplane::new(
+    let mut dp = Dataplane::new(
         args.dataplane.dataplane,
         args.dataplane.options(),
         stats.clone(),
     )?;
+    dp.check(args.dataplane.dataplane).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

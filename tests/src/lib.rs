@@ -179,8 +179,14 @@ impl Gateway {
 
     /// Starts `gateway ARGS`, inside `ns` if given.
     pub fn start_in(ns: Option<&Netns>, args: &[&str]) -> Gateway {
+        Gateway::start_with(ns, args, &[])
+    }
+
+    /// Starts `gateway ARGS` with extra environment variables, inside `ns`
+    /// if given.
+    pub fn start_with(ns: Option<&Netns>, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(bin("gateway"));
-        cmd.args(args);
+        cmd.args(args).envs(env.iter().copied());
         if let Some(ns) = ns {
             ns.command(&mut cmd);
         }
@@ -277,9 +283,19 @@ impl Net {
 
 /// Runs `gateway ARGS` to its end; returns (exit code, stderr).
 pub fn gateway_fails(args: &[&str], uid: Option<u32>) -> (Option<i32>, String) {
+    gateway_fails_with(args, uid, &[])
+}
+
+/// `gateway_fails` with extra environment variables.
+pub fn gateway_fails_with(
+    args: &[&str],
+    uid: Option<u32>,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     use std::os::unix::process::CommandExt as _;
     let mut cmd = Command::new(bin("gateway"));
     cmd.args(args)
+        .envs(env.iter().copied())
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use gateway_tests::{
-    exchange, exchange_in, free_port, gateway_fails, line_client, Gateway, Order, Stream,
-    StreamBackend, TcpEcho,
+    exchange, exchange_in, free_port, gateway_fails, gateway_fails_with, line_client, Gateway,
+    Order, Stream, StreamBackend, TcpEcho,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -233,4 +233,77 @@ fn auto_says_which_dataplane_it_chose() {
         "{:?}",
         gw.stderr()
     );
+}
+
+#[test]
+fn auto_runs_on_splice_when_the_kernel_path_fails_its_startup_check() {
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    let gw = Gateway::start_with(
+        None,
+        &["forward", "--listen", "127.0.0.1:0", "--to", &to],
+        &[("GATEWAY_BREAK_STARTUP_CHECK", "1")],
+    );
+    let log = gw.stderr();
+    let said: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("failed its start-up check"))
+        .collect();
+    assert_eq!(said.len(), 1, "{log:?}");
+    assert!(said[0].contains("using splice"), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.contains("dataplane splice")),
+        "{log:?}"
+    );
+    // And it serves, on splice.
+    let reply = line_client(gw.addr, "hello\n", Duration::from_millis(10));
+    assert_eq!(reply, "one hello\n");
+    let stats = gw.sample();
+    assert_eq!(stats["dataplane"], "splice", "{stats}");
+    assert_eq!(stats["map_entries"], serde_json::Value::Null, "{stats}");
+}
+
+#[test]
+fn ebpf_refuses_to_start_when_the_kernel_path_fails_its_startup_check() {
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    let (code, err) = gateway_fails_with(
+        &[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &to,
+            "--dataplane",
+            "ebpf",
+        ],
+        None,
+        &[("GATEWAY_BREAK_STARTUP_CHECK", "1")],
+    );
+    assert_one_line_error(code, &err, "failed its start-up check");
+    assert!(err.contains("--dataplane splice"), "{err}");
+}
+
+#[test]
+fn the_startup_check_leaves_no_trace_in_the_counters() {
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    let gw = Gateway::start(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--dataplane",
+        "ebpf",
+    ]);
+    let stats = gw.sample();
+    for key in ["redirected_bytes", "passed_bytes", "empty_dropped"] {
+        assert_eq!(stats["kernel"][key], 0, "{key}: {stats}");
+    }
+    assert_eq!(stats["connections_accepted"], 0, "{stats}");
+    assert_eq!(stats["map_entries"], 0, "{stats}");
 }

@@ -193,11 +193,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = config::Controller::plan_start(agent, files, overlay).map_err(BadConfig)?;
 
     let stats = Arc::new(Stats::default());
-    let dp = Dataplane::new(
+    let mut dp = Dataplane::new(
         args.dataplane.dataplane,
         args.dataplane.options(),
         stats.clone(),
     )?;
+    dp.check(args.dataplane.dataplane).await?;
     if let Ok(limit) = crate::sys::raise_nofile_limit() {
         tracing::debug!("open files limit {limit}");
     }

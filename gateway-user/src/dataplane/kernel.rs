@@ -76,6 +76,9 @@ pub struct Kernel {
     // Owns the loaded program; the attachment lives as long as `SOCKS` does.
     _ebpf: Ebpf,
     maps: Mutex<Maps>,
+    /// Totals at the last `rebase`: the start-up check's bytes are not the
+    /// users'.
+    base: Mutex<Totals>,
 }
 
 /// The two cookies of an attached connection.
@@ -168,6 +171,7 @@ impl Kernel {
         Ok(Self {
             _ebpf: ebpf,
             maps: Mutex::new(maps),
+            base: Mutex::default(),
         })
     }
 
@@ -277,7 +281,26 @@ impl Kernel {
         )
     }
 
+    /// Totals since the last `rebase` (or the load).
     pub fn totals(&self) -> Totals {
+        let now = self.raw_totals();
+        let base = *self.base.lock().unwrap_or_else(|p| p.into_inner());
+        Totals {
+            redirected_bytes: now.redirected_bytes.saturating_sub(base.redirected_bytes),
+            passed_bytes: now.passed_bytes.saturating_sub(base.passed_bytes),
+            empty_dropped: now.empty_dropped.saturating_sub(base.empty_dropped),
+            unknown_socket: now.unknown_socket.saturating_sub(base.unknown_socket),
+            redirect_failed: now.redirect_failed.saturating_sub(base.redirect_failed),
+        }
+    }
+
+    /// Counts totals from now on.
+    pub fn rebase(&self) {
+        let now = self.raw_totals();
+        *self.base.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    }
+
+    fn raw_totals(&self) -> Totals {
         let maps = self.maps();
         let sum = |slot: u32| -> u64 {
             maps.totals

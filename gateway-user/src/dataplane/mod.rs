@@ -6,6 +6,7 @@
 mod copy;
 mod ebpf;
 pub mod kernel;
+mod probe;
 mod splice;
 
 use std::{fmt, io, sync::Arc};
@@ -114,6 +115,14 @@ pub enum End {
     Aborted(String),
 }
 
+/// The kernel path does not work on this kernel.
+#[derive(Debug, thiserror::Error)]
+#[error("the ebpf dataplane failed its start-up check on Linux {release} ({why}); --dataplane splice works everywhere")]
+pub struct CheckFailed {
+    release: String,
+    why: String,
+}
+
 impl Dataplane {
     /// Resolves `choice` into a working dataplane, loading the programs when
     /// it involves ebpf.
@@ -141,6 +150,39 @@ impl Dataplane {
             stats,
             conns: Arc::default(),
         })
+    }
+
+    /// Checks the kernel path on this kernel before it serves anyone (see
+    /// `probe`). If it fails, `auto` falls back to splice with one line
+    /// saying why; an explicit `ebpf` is an error.
+    pub async fn check(&mut self, choice: Choice) -> Result<(), CheckFailed> {
+        let Some(kernel) = self.kernel.clone() else {
+            return Ok(());
+        };
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        match probe::check(self).await {
+            Ok(()) => {
+                tracing::debug!("ebpf dataplane passed its start-up check on Linux {release}");
+                kernel.rebase();
+                Ok(())
+            }
+            Err(probe::Outcome::Unavailable(why)) => {
+                tracing::warn!("ebpf dataplane start-up check skipped: {why}");
+                kernel.rebase();
+                Ok(())
+            }
+            Err(probe::Outcome::Failed(why)) if choice == Choice::Auto => {
+                tracing::warn!(
+                    "ebpf dataplane failed its start-up check on Linux {release} ({why}): using splice"
+                );
+                self.kind = Kind::Splice;
+                self.kernel = None;
+                Ok(())
+            }
+            Err(probe::Outcome::Failed(why)) => Err(CheckFailed { release, why }),
+        }
     }
 
     pub fn kind(&self) -> Kind {
