@@ -90,6 +90,7 @@ impl Plan {
     fn lines(self) -> Vec<String> {
         let t = "--test-threads=1";
         let mut lines = vec![
+            format!("facts\t/tests/forward {t} --exact kernel_facts --nocapture"),
             format!("datapath\t/tests/datapath {t} sizes half_close early_data resets"),
             format!("forward\t/tests/forward {t} tcp_echo_line auto_says bulk_64mib_each_way_ebpf"),
             format!("stress\tGATEWAY_TEST_SCALE=10 /tests/stress {t} mixed_ebpf"),
@@ -97,7 +98,7 @@ impl Plan {
         if self == Plan::Full {
             lines.extend([
                 format!("backpressure\t/tests/datapath {t} backpressure"),
-                format!("forward-rest\t/tests/forward {t} --skip tcp_echo_line --skip auto_says --skip bulk_64mib_each_way_ebpf"),
+                format!("forward-rest\t/tests/forward {t} --skip tcp_echo_line --skip auto_says --skip bulk_64mib_each_way_ebpf --skip kernel_facts"),
                 format!("lifecycle\tGATEWAY_TEST_SCALE=10 /tests/lifecycle {t}"),
                 format!("stress-rest\tGATEWAY_TEST_SCALE=10 /tests/stress {t} mixed_splice"),
             ]);
@@ -116,6 +117,8 @@ pub struct Outcome {
     /// Plan lines that did not end (a hang, a panic, a crash of the guest).
     pub unfinished: Vec<String>,
     pub seconds: f64,
+    /// `fact:` lines the tests printed (what the kernel did at the edges).
+    pub facts: Vec<String>,
 }
 
 impl Outcome {
@@ -697,6 +700,7 @@ fn boot(
         failed: Vec::new(),
         unfinished: Vec::new(),
         seconds: 0.0,
+        facts: Vec::new(),
     };
     let mut current: Option<String> = None;
     let mut done = false;
@@ -729,6 +733,8 @@ fn boot(
                         ["done"] => done = true,
                         _ => {}
                     }
+                } else if let Some(fact) = line.strip_prefix("fact: ") {
+                    o.facts.push(fact.to_string());
                 } else if let Some(rest) = line.strip_prefix("test ") {
                     if let Some((test, result)) = rest.rsplit_once(" ... ") {
                         let prefix = current.clone().unwrap_or_default();
@@ -782,8 +788,16 @@ fn boot(
 
 /// The markdown table the README holds.
 fn table(outcomes: &[Outcome], plan: Plan) -> String {
-    let mut t = "| kernel | Debian build | plan | result | tests passed | time |\n|---|---|---|---|---|---|\n"
-        .to_string();
+    let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
+    let mut t = format!(
+        "`cargo xtask test --kernel ...`, {}, qemu {} with one vCPU on this machine's {}.\n\n",
+        date.trim(),
+        accel(),
+        cpu_model()
+    );
+    t.push_str(
+        "| kernel | Debian build | plan | result | tests passed | time | edges seen (`kernel_facts`) |\n|---|---|---|---|---|---|---|\n",
+    );
     for o in outcomes {
         let result = if o.ok() {
             "pass".to_string()
@@ -793,17 +807,51 @@ fn table(outcomes: &[Outcome], plan: Plan) -> String {
             format!("**FAIL**: {}", why.join("; "))
         };
         t.push_str(&format!(
-            "| {} ({}) | {} | {} | {} | {} | {:.0} s |\n",
+            "| {} ({}) | {} | {} | {} | {} | {:.0} s | {} |\n",
             o.series,
             o.release,
             o.version,
             plan.name(),
             result,
             o.passed,
-            o.seconds
+            o.seconds,
+            facts(&o.facts)
         ));
     }
     t
+}
+
+/// The `kernel_facts` line in words: how the bytes queued before insertion
+/// travelled, and how many bare FINs reached the verdict.
+fn facts(lines: &[String]) -> String {
+    let Some(line) = lines.first() else {
+        return "-".into();
+    };
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "{} of {} bytes redirected, {} moved by the agent; {} zero-length FIN skbs",
+        field("redirected"),
+        field("bytes"),
+        field("agent_copied"),
+        field("empty_fin_skbs")
+    )
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "CPU".into())
 }
 
 /// Replaces the table between the README's kernel-matrix markers.
