@@ -1,0 +1,380 @@
+//! What stands between the client and the backend: nothing (`direct`), the
+//! gateway on each dataplane, HAProxy, or nginx's stream module. Each proxy
+//! is started fresh for one target, listening on a free port in the proxy's
+//! namespace, and stopped when its [`Endpoint`] drops.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::{
+    place::{free_port, wait_listening, Place},
+    procs::Proc,
+};
+
+/// `--sndbuf` for the extra ebpf contender.
+pub const BIG_SNDBUF: u32 = 16 * 1024 * 1024;
+
+/// How long a proxy may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contender {
+    /// The client connects to the backend itself.
+    Direct,
+    /// `gateway forward` on a dataplane, with `--sndbuf` if given.
+    Gateway {
+        dataplane: &'static str,
+        sndbuf: Option<u32>,
+    },
+    Haproxy,
+    Nginx,
+}
+
+/// Every contender, in the order they run and are shown. `auto` is not
+/// here: it picks `ebpf` wherever the programs load, as they do here.
+pub const ALL: [Contender; 7] = [
+    Contender::Direct,
+    Contender::Gateway {
+        dataplane: "ebpf",
+        sndbuf: None,
+    },
+    Contender::Gateway {
+        dataplane: "ebpf",
+        sndbuf: Some(BIG_SNDBUF),
+    },
+    Contender::Gateway {
+        dataplane: "splice",
+        sndbuf: None,
+    },
+    Contender::Gateway {
+        dataplane: "userspace",
+        sndbuf: None,
+    },
+    Contender::Haproxy,
+    Contender::Nginx,
+];
+
+impl Contender {
+    pub fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct",
+            Contender::Gateway {
+                dataplane: "ebpf",
+                sndbuf: Some(_),
+            } => "ebpf+sndbuf16M",
+            Contender::Gateway { dataplane, .. } => dataplane,
+            Contender::Haproxy => "haproxy",
+            Contender::Nginx => "nginx",
+        }
+    }
+
+    pub fn by_name(name: &str) -> Option<Contender> {
+        ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// How it was run, for the report.
+    pub fn describe(self) -> String {
+        match self {
+            Contender::Direct => "the client connects to the backend: no proxy".to_owned(),
+            Contender::Gateway { dataplane, sndbuf } => format!(
+                "gateway forward --dataplane {dataplane}{}",
+                sndbuf.map_or_else(String::new, |b| format!(" --sndbuf {b}"))
+            ),
+            Contender::Haproxy => {
+                "haproxy -db: mode tcp, nbthread 1, no splicing, client-fin/server-fin 1h"
+                    .to_owned()
+            }
+            Contender::Nginx => {
+                "nginx stream: worker_processes 1, proxy_pass, proxy_half_close on".to_owned()
+            }
+        }
+    }
+
+    /// Starts the contender in front of `target`.
+    pub fn start(
+        self,
+        tools: &Tools,
+        place: &Place,
+        target: SocketAddr,
+    ) -> anyhow::Result<Endpoint> {
+        if self == Contender::Direct {
+            return Ok(Endpoint {
+                addr: target,
+                proc: None,
+            });
+        }
+        let ns = place.proxy();
+        let listen = SocketAddr::new(place.proxy_ip(), free_port(ns, place.proxy_ip())?);
+        let dir = &tools.tmp;
+        let tag = format!("{}-{}", self.name(), listen.port());
+        let log = dir.join(format!("{tag}.log"));
+        let mut cmd = match self {
+            Contender::Direct => bail!("direct has no process to start"),
+            Contender::Gateway { dataplane, sndbuf } => {
+                let mut cmd = Command::new(&tools.gateway);
+                cmd.arg("forward")
+                    .arg("--listen")
+                    .arg(listen.to_string())
+                    .arg("--to")
+                    .arg(target.to_string())
+                    .args(["--dataplane", dataplane])
+                    .args(["--no-check-targets", "--drain-timeout", "1s"])
+                    .env("RUST_LOG", "info")
+                    .env("NO_COLOR", "1");
+                if let Some(bytes) = sndbuf {
+                    cmd.arg("--sndbuf").arg(bytes.to_string());
+                }
+                cmd
+            }
+            Contender::Haproxy => {
+                let cfg = dir.join(format!("{tag}.cfg"));
+                write(&cfg, &haproxy_config(listen, target, tools.nofile, dir))?;
+                let mut cmd = Command::new("haproxy");
+                cmd.arg("-db").arg("-f").arg(&cfg);
+                cmd
+            }
+            Contender::Nginx => {
+                let prefix = dir.join(&tag);
+                std::fs::create_dir_all(&prefix)
+                    .with_context(|| format!("cannot create {}", prefix.display()))?;
+                let cfg = prefix.join("nginx.conf");
+                let text = nginx_config(
+                    listen,
+                    target,
+                    tools.nofile,
+                    &prefix,
+                    tools.nginx_module.as_deref(),
+                );
+                write(&cfg, &text)?;
+                let mut cmd = Command::new("nginx");
+                cmd.arg("-p")
+                    .arg(&prefix)
+                    .arg("-e")
+                    .arg(prefix.join("error.log"))
+                    .arg("-c")
+                    .arg(&cfg)
+                    .args(["-g", "daemon off;"]);
+                cmd
+            }
+        };
+        let mut proc = Proc::spawn(self.name(), ns, &mut cmd, &log)?;
+        wait_listening(ns, listen.port(), START_TIMEOUT, || proc.check_alive())
+            .with_context(|| format!("{} did not start: {}", self.name(), proc.log_tail()))?;
+        Ok(Endpoint {
+            addr: listen,
+            proc: Some(proc),
+        })
+    }
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Where the client connects; the proxy (if any) stops when this drops.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub proc: Option<Proc>,
+}
+
+impl Endpoint {
+    /// An error if the proxy has died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.proc.as_mut().map_or(Ok(()), Proc::check_alive)
+    }
+
+    /// Stops the proxy; for the gateway, returns the counters it prints as
+    /// it exits (one JSON line on stdout).
+    pub fn stop(self) -> Option<serde_json::Value> {
+        let log = self.proc?.stop();
+        log.lines()
+            .rev()
+            .filter(|l| l.starts_with('{'))
+            .find_map(|l| serde_json::from_str(l).ok())
+    }
+
+    /// The proxy's resident memory (its children included), if there is one.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        self.proc.as_ref().map(Proc::rss_bytes)
+    }
+}
+
+/// What starting contenders needs.
+pub struct Tools {
+    pub gateway: PathBuf,
+    /// Scratch directory: configurations, logs, pid files.
+    pub tmp: PathBuf,
+    /// The open-files limit every process gets.
+    pub nofile: u64,
+    /// nginx's stream module, when nginx has it as a dynamic module.
+    pub nginx_module: Option<PathBuf>,
+}
+
+impl Tools {
+    pub fn find(tmp: PathBuf, nofile: u64) -> anyhow::Result<Tools> {
+        let gateway = gateway_binary()?;
+        for (tool, args) in [("haproxy", "-v"), ("nginx", "-v"), ("iperf3", "--version")] {
+            Command::new(tool)
+                .arg(args)
+                .output()
+                .with_context(|| format!("cannot run {tool} (`cargo xtask bench` installs it)"))?;
+        }
+        Ok(Tools {
+            gateway,
+            tmp,
+            nofile,
+            nginx_module: nginx_stream_module()?,
+        })
+    }
+}
+
+/// `gateway`, next to this binary (`cargo xtask bench` builds both), or in
+/// `GATEWAY_BIN_DIR`.
+fn gateway_binary() -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("GATEWAY_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .context("cannot find this binary")?
+            .parent()
+            .context("this binary has no directory")?
+            .to_owned(),
+    };
+    let path = dir.join("gateway");
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo xtask bench` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Debian builds the stream module as a dynamic module
+/// (`libnginx-mod-stream`); other builds may have it compiled in.
+fn nginx_stream_module() -> anyhow::Result<Option<PathBuf>> {
+    let out = Command::new("nginx")
+        .arg("-V")
+        .output()
+        .context("cannot run nginx -V")?;
+    let flags = String::from_utf8_lossy(&out.stderr);
+    if flags.split_whitespace().any(|f| f == "--with-stream") {
+        return Ok(None);
+    }
+    if !flags.contains("--with-stream=dynamic") {
+        bail!("this nginx has no stream module");
+    }
+    let dirs = flags
+        .split_whitespace()
+        .filter_map(|f| f.strip_prefix("--modules-path="))
+        .map(PathBuf::from)
+        .chain(["/usr/lib/nginx/modules", "/usr/share/nginx/modules"].map(PathBuf::from));
+    for dir in dirs {
+        let module = dir.join("ngx_stream_module.so");
+        if module.exists() {
+            return Ok(Some(module));
+        }
+    }
+    bail!("nginx's stream module (ngx_stream_module.so) is not installed (Debian: libnginx-mod-stream)")
+}
+
+/// Descriptors a proxy keeps for itself besides two per connection.
+const SPARE_FDS: u64 = 64;
+
+/// HAProxy in TCP mode with one thread. It forwards each shutdown as it
+/// comes (half-close); `client-fin`/`server-fin` are as long as the other
+/// timeouts, so a half-closed connection is not cut early.
+fn haproxy_config(listen: SocketAddr, target: SocketAddr, nofile: u64, dir: &Path) -> String {
+    let maxconn = nofile.saturating_sub(SPARE_FDS) / 2;
+    format!(
+        "global
+    nbthread 1
+    maxconn {maxconn}
+    pidfile {pid}
+
+defaults
+    mode tcp
+    maxconn {maxconn}
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+    timeout client-fin 1h
+    timeout server-fin 1h
+
+frontend bench
+    bind {listen}
+    default_backend target
+
+backend target
+    server target {target}
+",
+        pid = dir.join(format!("haproxy-{}.pid", listen.port())).display()
+    )
+}
+
+/// nginx's stream proxy with one worker; `proxy_half_close` (1.21.4+) keeps
+/// the other direction open after one side's FIN.
+fn nginx_config(
+    listen: SocketAddr,
+    target: SocketAddr,
+    nofile: u64,
+    prefix: &Path,
+    module: Option<&Path>,
+) -> String {
+    let load = module.map_or_else(String::new, |m| format!("load_module {};\n", m.display()));
+    format!(
+        "{load}worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {pid};
+error_log {prefix}/error.log warn;
+
+events {{
+    worker_connections {conns};
+}}
+
+stream {{
+    server {{
+        listen {listen};
+        proxy_pass {target};
+        proxy_half_close on;
+        proxy_connect_timeout 10s;
+        proxy_timeout 1h;
+    }}
+}}
+",
+        pid = prefix.join("nginx.pid").display(),
+        prefix = prefix.display(),
+        conns = nofile.saturating_sub(SPARE_FDS),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_found() {
+        for c in ALL {
+            assert_eq!(Contender::by_name(c.name()), Some(c));
+        }
+        assert_eq!(Contender::by_name("auto"), None);
+    }
+
+    #[test]
+    fn configurations_fit_the_descriptor_limit() {
+        let (l, t): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().expect("addr"),
+            "127.0.0.1:2".parse().expect("addr"),
+        );
+        let h = haproxy_config(l, t, 20_000, Path::new("/tmp"));
+        assert!(h.contains("maxconn 9968"), "{h}");
+        assert!(h.contains("bind 127.0.0.1:1") && h.contains("server target 127.0.0.1:2"));
+        let n = nginx_config(l, t, 20_000, Path::new("/tmp/n"), Some(Path::new("/m.so")));
+        assert!(n.starts_with("load_module /m.so;"), "{n}");
+        assert!(n.contains("worker_connections 19936;") && n.contains("proxy_half_close on;"));
+    }
+}
