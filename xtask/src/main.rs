@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod kernel;
 mod setup;
@@ -71,6 +72,9 @@ enum Command {
         #[arg(long)]
         seed: Option<u64>,
     },
+    /// Benchmarks: the gateway on each dataplane against direct, HAProxy
+    /// and nginx; results in target/bench/.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +133,7 @@ fn main() -> ExitCode {
                 host.and(guests)
             }
             Command::Soak { minutes, seed } => util::soak(minutes, seed),
+            Command::Bench(args) => bench::run(&args),
             Command::Demo => {
                 util::build(false)?;
                 demo::run()
