@@ -90,7 +90,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // aya warns when it cannot raise RLIMIT_MEMLOCK (kernels
+                // before 5.11); the load error that follows says it in one line.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aya::sys::bpf=error")),
         )
         .with_writer(std::io::stderr)
         .with_target(false)

@@ -33,6 +33,11 @@ pub fn scaled(n: u64) -> u64 {
     (n * pct / 100).max(1)
 }
 
+/// True when `GATEWAY_TEST_SCALE` asks for smaller runs (the kernel matrix).
+pub fn reduced() -> bool {
+    scaled(100) < 100
+}
+
 /// A binary of the gateway-user package, built next to this test binary
 /// (`cargo xtask test` builds them first). `GATEWAY_BIN_DIR` overrides.
 pub fn bin(name: &str) -> PathBuf {

@@ -341,7 +341,9 @@ pub fn resets(net: &Net, dp: &str) {
 /// backend reads again every byte arrives.
 pub fn backpressure(net: &Net, dp: &str, connections: usize) {
     const STALL: Duration = Duration::from_secs(2);
-    let total = 96 * MIB;
+    // Reduced (in a guest under emulation) the stream still outgrows what
+    // the asserts below allow to be in flight.
+    let total = if crate::reduced() { 56 * MIB } else { 96 * MIB };
     let (tx, got) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let backend = Backend::serve(net.backend_listener(), move |mut s| {

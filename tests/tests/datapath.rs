@@ -58,5 +58,8 @@ fn backpressure_one_stalled_reader_veth() {
 
 #[test]
 fn backpressure_many_stalled_readers_veth() {
-    each(&Net::veth(), |n, dp| scenarios::backpressure(n, dp, 8));
+    let readers = if gateway_tests::reduced() { 4 } else { 8 };
+    each(&Net::veth(), |n, dp| {
+        scenarios::backpressure(n, dp, readers)
+    });
 }

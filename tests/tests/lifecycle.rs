@@ -200,8 +200,12 @@ fn a_connection_beyond_the_map_capacity_runs_on_splice() {
     assert_eq!(counter(&stats, "connections_completed"), 2, "{stats}");
 }
 
+/// Kernels differ here: 6.18 refuses to put a socket that has received a
+/// FIN into a sockhash (EOPNOTSUPP) and the connection runs on splice; 6.1
+/// and 5.10 accept it and the kernel path serves it, the FIN forwarded by
+/// the agent's drain rule. Either way every byte and the FIN arrive.
 #[test]
-fn a_client_that_half_closed_before_insertion_runs_on_splice() {
+fn a_client_that_half_closed_before_insertion_is_served() {
     // The backend's accept queue is full, so the gateway's dial waits for a
     // SYN retransmission (about a second) while the client sends and closes.
     let (l, filler) = full_listener();
@@ -219,7 +223,15 @@ fn a_client_that_half_closed_before_insertion_runs_on_splice() {
     assert_eq!(client.join().expect("client").expect("echo"), data);
     thread::sleep(Duration::from_millis(200));
     let stats = gw.stop();
-    assert_eq!(counter(&stats, "ebpf_fallback_splice"), 1, "{stats}");
+    let (fallback, kernel) = (
+        counter(&stats, "ebpf_fallback_splice"),
+        counter(&stats, "dataplane_ebpf"),
+    );
+    eprintln!(
+        "fact: half-closed socket insertion {}",
+        if kernel == 1 { "accepted" } else { "refused" }
+    );
+    assert_eq!(fallback + kernel, 1, "{stats}");
     assert_eq!(counter(&stats, "connections_completed"), 1, "{stats}");
 }
 

@@ -20,7 +20,7 @@ static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/
 pub enum LoadError {
     /// Carries the innermost cause only: aya's own chain repeats itself.
     #[error(
-        "the ebpf dataplane needs root, or CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN before 5.8): {0}"
+        "the ebpf dataplane needs root, or CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN before 5.8; before 5.11 also CAP_SYS_RESOURCE or an RLIMIT_MEMLOCK that fits its maps): {0}"
     )]
     Privileges(String),
     #[error("failed to load the eBPF programs: {0}")]
