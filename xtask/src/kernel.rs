@@ -734,8 +734,10 @@ fn boot(
                         ["done"] => done = true,
                         _ => {}
                     }
-                } else if let Some(fact) = line.strip_prefix("fact: ") {
-                    o.facts.push(fact.to_string());
+                } else if let Some(at) = line.find("fact: ") {
+                    // With --nocapture the line may start with libtest's
+                    // `test NAME ... `.
+                    o.facts.push(line[at + "fact: ".len()..].to_string());
                 } else if let Some(rest) = line.strip_prefix("test ") {
                     if let Some((test, result)) = rest.rsplit_once(" ... ") {
                         let prefix = current.clone().unwrap_or_default();
