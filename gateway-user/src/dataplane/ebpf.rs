@@ -62,9 +62,13 @@ struct Way {
     /// The control record as last written to `PEERS`.
     ctl: PeerCtl,
     fin_sent: bool,
-    /// Last observed written(dst), and when it last changed.
+    /// Last observed written(dst), and when it last changed or, if later,
+    /// when dst last owed nothing: the stall clock.
     last_written: u64,
     last_change: Instant,
+    /// Whether dst owed bytes (redirected or passed, not yet written) at the
+    /// previous look.
+    owing: bool,
     /// The verdict's redirect counter at the previous look.
     last_redirected: u64,
     /// When the direction wants to be looked at again with no event.
@@ -125,6 +129,7 @@ pub async fn relay(
         fin_sent: false,
         last_written: 0,
         last_change: now,
+        owing: false,
         last_redirected: 0,
         tick: None,
         blocked: false,
@@ -302,10 +307,16 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
     }
 
     let written = sys::written(dst).map_err(gone)?.saturating_sub(w.written0);
-    if written != w.last_written {
+    // A direction idle for a while that just got bytes is not stalled: its
+    // clock starts when it first owes something (measuring from the last
+    // progress made the agent abort a connection whose psock worker had
+    // simply not run yet, seen in a guest after a 5 s one-way upload).
+    let owing = written < flow.redirected + w.ctl.consumed || !w.pending.is_empty();
+    if written != w.last_written || !w.owing {
         w.last_written = written;
         w.last_change = Instant::now();
     }
+    w.owing = owing;
     renew_credit(kernel, dst, w, &flow, written, consumed_before)?;
 
     // The FIN goes on only when every byte before it is in dst.
