@@ -295,8 +295,8 @@ impl Backends {
             &tools.tmp.join("iperf3-server.log"),
         )?;
         let echo = SocketAddr::new(ip, free_port(ns, ip)?);
-        let exe = std::env::current_exe().context("cannot find this binary")?;
-        let mut cmd = Command::new(exe);
+        // This very binary, even if a rebuild has replaced the file since.
+        let mut cmd = Command::new("/proc/self/exe");
         cmd.arg("echo-server").arg(echo.to_string());
         let echo_proc = Proc::spawn(
             "echo server",
@@ -357,29 +357,31 @@ fn run_layout(layout: Layout, plan: &Plan, tools: &Tools) -> anyhow::Result<Layo
 /// A sample on one line, as it is measured.
 fn progress(s: &Sample) -> String {
     use report::*;
-    let show = |key: &str, unit: &str, count: bool| match s.metrics.get(key) {
-        Some(v) => format!(" {}{unit}", number(*v, count)),
-        None if s.errors.contains_key(key) => " failed".to_owned(),
-        None => String::new(),
-    };
-    format!(
-        "bulk{}{} Gbit/s{}, rtt{}{} µs,{} conn/s,{} CPU-s/GB, idle{} conns{}{}",
-        show(BULK1, "", false),
-        show(BULK8, " /", false).trim_end_matches(" /"),
-        show(KERNEL_SHARE, "% in kernel", false).replacen(' ', " (", 1)
-            + if s.metrics.contains_key(KERNEL_SHARE) {
-                ")"
-            } else {
-                ""
-            },
-        show(RR_P50, "", false),
-        show(RR_P99, " /", false).trim_end_matches(" /"),
-        show(CONN_RATE, "", true),
-        show(CPU, "", false),
-        show(IDLE_CONNS, "", true),
-        show(IDLE_RSS, " MiB rss", false),
-        show(IDLE_KERNEL, " MiB kernel", false),
-    )
+    let shown = [
+        (BULK1, "bulk ×1", "Gbit/s"),
+        (BULK8, "×8", "Gbit/s"),
+        (KERNEL_SHARE, "in kernel", "%"),
+        (RR_P50, "rtt p50", "µs"),
+        (RR_P99, "p99", "µs"),
+        (CONN_RATE, "", "conn/s"),
+        (CPU, "", "CPU-s/GB"),
+        (IDLE_CONNS, "idle", "conns"),
+        (IDLE_RSS, "rss", "MiB"),
+        (IDLE_KERNEL, "kernel", "MiB"),
+    ];
+    let parts: Vec<String> = shown
+        .iter()
+        .filter_map(|&(key, label, unit)| {
+            let count = METRICS.iter().any(|m| m.key == key && m.count);
+            let value = match s.metrics.get(key) {
+                Some(v) => format!("{} {unit}", number(*v, count)),
+                None if s.errors.contains_key(key) => "failed".to_owned(),
+                None => return None,
+            };
+            Some(format!("{label} {value}").trim_start().to_owned())
+        })
+        .collect();
+    parts.join(", ")
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
