@@ -89,12 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot handle SIGUSR1")?;
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
-    let mut dp = Dataplane::new(
-        args.dataplane.dataplane,
-        args.dataplane.options(),
-        stats.clone(),
-    )?;
-    dp.check(args.dataplane.dataplane).await?;
+    let dp = Dataplane::start(&args.dataplane, stats.clone()).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -143,7 +143,7 @@ fn cache_dir() -> PathBuf {
 /// Runs `plan` on each kernel in `names` and prints the table; fails if any
 /// kernel failed.
 pub fn run(names: &[&str], plan: Plan, readme: bool) -> anyhow::Result<()> {
-    let series: Vec<&Series> = names
+    let series: Vec<&'static Series> = names
         .iter()
         .map(|n| {
             SERIES.iter().find(|s| s.name == *n).with_context(|| {
@@ -155,10 +155,7 @@ pub fn run(names: &[&str], plan: Plan, readme: bool) -> anyhow::Result<()> {
     fs::create_dir_all(matrix_dir())?;
     // Kernels download while the binaries build.
     let fetch = thread::spawn({
-        let series: Vec<&'static Series> = series
-            .iter()
-            .map(|s| SERIES.iter().find(|x| x.name == s.name).expect("known"))
-            .collect();
+        let series = series.clone();
         move || {
             series
                 .iter()
@@ -703,58 +700,14 @@ fn boot(
         seconds: 0.0,
         facts: Vec::new(),
     };
-    let mut current: Option<String> = None;
-    let mut done = false;
-    let mut begun = Vec::new();
+    let mut serial = Serial::default();
     loop {
         let left = limit.saturating_sub(start.elapsed());
         match rx.recv_timeout(left.min(Duration::from_secs(1))) {
             Ok(line) => {
                 let _ = writeln!(log, "{line}");
-                if let Some(m) = line.strip_prefix("@@gw ") {
-                    let words: Vec<&str> = m.split_whitespace().collect();
-                    match words.as_slice() {
-                        ["begin", name] => {
-                            current = Some(name.to_string());
-                            begun.push(name.to_string());
-                        }
-                        ["end", name, verdict, secs] => {
-                            eprintln!("xtask: kernel {series}: {name} {verdict} in {secs} s");
-                            if *verdict != "ok" && *verdict != "fail" {
-                                o.unfinished.push(format!("{name} ({verdict})"));
-                            } else if *verdict == "fail"
-                                && !o.failed.iter().any(|f| f.starts_with(&format!("{name}:")))
-                            {
-                                // A failing binary whose failure libtest did
-                                // not name (it crashed) still counts.
-                                o.failed.push(format!("{name}: exit"));
-                            }
-                            current = None;
-                        }
-                        ["done"] => done = true,
-                        _ => {}
-                    }
-                } else if let Some(at) = line.find("fact: ") {
-                    // With --nocapture the line may start with libtest's
-                    // `test NAME ... `.
-                    o.facts.push(line[at + "fact: ".len()..].to_string());
-                } else if let Some(rest) = line.strip_prefix("test ") {
-                    if let Some((test, result)) = rest.rsplit_once(" ... ") {
-                        let prefix = current.clone().unwrap_or_default();
-                        match result.trim() {
-                            "ok" => o.passed += 1,
-                            r if r.starts_with("FAILED") => {
-                                o.failed.retain(|f| f != &format!("{prefix}: exit"));
-                                o.failed.push(format!("{prefix}: {test}"));
-                            }
-                            _ => {}
-                        }
-                    }
-                } else if line.contains("Kernel panic")
-                    || line.contains("BUG:")
-                    || line.contains("WARNING:")
-                {
-                    eprintln!("xtask: kernel {series}: {line}");
+                if let Some(say) = serial.read(&mut o, &line) {
+                    eprintln!("xtask: kernel {series}: {say}");
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -773,20 +726,89 @@ fn boot(
     let _ = child.kill();
     let _ = child.wait();
     o.seconds = start.elapsed().as_secs_f64();
-    // `exit` failures were provisional; a named test failure replaced them.
-    if let Some(name) = current {
-        o.unfinished.push(format!("{name} (no end: hang or crash)"));
+    serial.finish(&mut o, plan);
+    Ok(o)
+}
+
+/// What the serial console has said so far: the result markers of
+/// `guest-init` and libtest's lines between them.
+#[derive(Default)]
+struct Serial {
+    /// The plan line running now.
+    current: Option<String>,
+    /// Whether libtest named a failing test in it.
+    named_failure: bool,
+    begun: Vec<String>,
+    done: bool,
+}
+
+impl Serial {
+    /// Takes one console line into `o`; returns what to tell the user.
+    fn read(&mut self, o: &mut Outcome, line: &str) -> Option<String> {
+        if let Some(m) = line.strip_prefix("@@gw ") {
+            match m.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["begin", name] => {
+                    self.current = Some(name.to_string());
+                    self.named_failure = false;
+                    self.begun.push(name.to_string());
+                }
+                ["end", name, verdict, secs] => {
+                    match *verdict {
+                        "ok" => {}
+                        // A binary that failed without libtest naming a
+                        // test (it crashed) still counts.
+                        "fail" if !self.named_failure => o.failed.push(format!("{name}: exit")),
+                        "fail" => {}
+                        _ => o.unfinished.push(format!("{name} ({verdict})")),
+                    }
+                    self.current = None;
+                    return Some(format!("{name} {verdict} in {secs} s"));
+                }
+                ["done"] => self.done = true,
+                _ => {}
+            }
+        } else if let Some(at) = line.find("fact: ") {
+            // With --nocapture the line may start with libtest's
+            // `test NAME ... `.
+            o.facts.push(line[at + "fact: ".len()..].to_string());
+        } else if let Some((test, result)) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.rsplit_once(" ... "))
+        {
+            match result.trim() {
+                "ok" => o.passed += 1,
+                r if r.starts_with("FAILED") => {
+                    self.named_failure = true;
+                    let plan_line = self.current.as_deref().unwrap_or_default();
+                    o.failed.push(format!("{plan_line}: {test}"));
+                }
+                _ => {}
+            }
+        } else if ["Kernel panic", "BUG:", "WARNING:"]
+            .iter()
+            .any(|k| line.contains(k))
+        {
+            return Some(line.to_string());
+        }
+        None
     }
-    for line in plan.lines() {
-        let name = line.split('\t').next().unwrap_or_default();
-        if !begun.iter().any(|b| b == name) {
-            o.unfinished.push(format!("{name} (never started)"));
+
+    /// After the guest is gone: plan lines that never ended or never began,
+    /// and a missing power-off, are failures too.
+    fn finish(self, o: &mut Outcome, plan: Plan) {
+        if let Some(name) = self.current {
+            o.unfinished.push(format!("{name} (no end: hang or crash)"));
+        }
+        for line in plan.lines() {
+            let name = line.split('\t').next().unwrap_or_default();
+            if !self.begun.iter().any(|b| b == name) {
+                o.unfinished.push(format!("{name} (never started)"));
+            }
+        }
+        if !self.done && o.unfinished.is_empty() {
+            o.unfinished.push("power-off (no `done`)".to_string());
         }
     }
-    if !done && o.unfinished.is_empty() {
-        o.unfinished.push("power-off (no `done`)".to_string());
-    }
-    Ok(o)
 }
 
 /// The markdown table the README holds.
@@ -878,4 +900,115 @@ fn update_readme(table: &str) -> anyhow::Result<()> {
     fs::write(&path, new)?;
     eprintln!("xtask: README.md kernel table updated");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        Outcome {
+            series: "6.1".into(),
+            release: "Debian 12".into(),
+            version: "6.1.0-1-cloud-amd64".into(),
+            passed: 0,
+            failed: Vec::new(),
+            unfinished: Vec::new(),
+            seconds: 0.0,
+            facts: Vec::new(),
+        }
+    }
+
+    fn read(log: &str, plan: Plan) -> Outcome {
+        let mut o = outcome();
+        let mut serial = Serial::default();
+        for line in log.lines() {
+            serial.read(&mut o, line);
+        }
+        serial.finish(&mut o, plan);
+        o
+    }
+
+    /// Every quick plan line begun and ended ok, with `ends` in between.
+    fn quick_log(body: impl Fn(&str) -> String) -> String {
+        let mut log = String::from("@@gw kernel 6.1.0-1-cloud-amd64\n");
+        for line in Plan::Quick.lines() {
+            let name = line.split('\t').next().unwrap_or_default();
+            log += &format!("@@gw begin {name}\n{}\n", body(name));
+        }
+        log + "@@gw done\n"
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_keeps_its_facts() {
+        let log = quick_log(|name| {
+            let fact = if name == "facts" {
+                "test kernel_facts ... fact: kernel=6.1 bytes=3000 redirected=3000\nok\n"
+            } else {
+                "test a ... ok\ntest b ... ok\n"
+            };
+            format!("{fact}@@gw end {name} ok 1.0")
+        });
+        let o = read(&log, Plan::Quick);
+        assert!(o.ok(), "{:?} {:?}", o.failed, o.unfinished);
+        assert_eq!(o.passed, 2 * (Plan::Quick.lines().len() as u64 - 1));
+        assert_eq!(o.facts, ["kernel=6.1 bytes=3000 redirected=3000"]);
+    }
+
+    #[test]
+    fn a_named_failure_is_reported_once_and_a_crash_by_its_line() {
+        let log = quick_log(|name| match name {
+            "datapath" => "test sizes ... FAILED\n@@gw end datapath fail 3.0".into(),
+            "stress" => "@@gw end stress fail 3.0".into(),
+            _ => format!("test a ... ok\n@@gw end {name} ok 1.0"),
+        });
+        let o = read(&log, Plan::Quick);
+        assert!(!o.ok());
+        assert_eq!(o.failed, ["datapath: sizes", "stress: exit"]);
+        assert!(o.unfinished.is_empty(), "{:?}", o.unfinished);
+    }
+
+    #[test]
+    fn a_hang_a_timeout_and_a_missing_power_off_are_failures() {
+        let log =
+            "@@gw begin facts\n@@gw end facts timeout 300.0\n@@gw begin datapath\ntest a ... ok\n";
+        let o = read(log, Plan::Quick);
+        assert!(!o.ok());
+        assert!(
+            o.unfinished.contains(&"facts (timeout)".to_string()),
+            "{:?}",
+            o.unfinished
+        );
+        assert!(
+            o.unfinished
+                .contains(&"datapath (no end: hang or crash)".to_string()),
+            "{:?}",
+            o.unfinished
+        );
+        assert!(o
+            .unfinished
+            .iter()
+            .any(|u| u.starts_with("stress (never started)")));
+    }
+
+    #[test]
+    fn the_initramfs_is_newc_with_a_trailer() {
+        let mut c = Cpio::default();
+        c.dir("bin");
+        c.file("bin/x", 0o755, b"hello");
+        let out = c.finish();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 4, 0);
+        // The name follows the 110-byte header; data after padding to 4.
+        assert_eq!(&out[110..114], b"bin\0");
+        let file = out
+            .windows(6)
+            .skip(1)
+            .position(|w| w == b"070701")
+            .expect("second entry")
+            + 1;
+        assert_eq!(&out[file + 110..file + 116], b"bin/x\0");
+        assert_eq!(&out[file + 116..file + 121], b"hello");
+        assert!(out.windows(10).any(|w| w == b"TRAILER!!!"));
+    }
 }

@@ -193,12 +193,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let plan = config::Controller::plan_start(agent, files, overlay).map_err(BadConfig)?;
 
     let stats = Arc::new(Stats::default());
-    let mut dp = Dataplane::new(
-        args.dataplane.dataplane,
-        args.dataplane.options(),
-        stats.clone(),
-    )?;
-    dp.check(args.dataplane.dataplane).await?;
+    let dp = Dataplane::start(&args.dataplane, stats.clone()).await?;
     if let Ok(limit) = crate::sys::raise_nofile_limit() {
         tracing::debug!("open files limit {limit}");
     }

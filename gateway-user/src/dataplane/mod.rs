@@ -126,11 +126,7 @@ pub struct CheckFailed {
 impl Dataplane {
     /// Resolves `choice` into a working dataplane, loading the programs when
     /// it involves ebpf.
-    pub fn new(
-        choice: Choice,
-        opts: Options,
-        stats: Arc<Stats>,
-    ) -> Result<Self, kernel::LoadError> {
+    fn new(choice: Choice, opts: Options, stats: Arc<Stats>) -> Result<Self, kernel::LoadError> {
         let (kind, kernel) = match choice {
             Choice::Ebpf => (Kind::Ebpf, Some(Arc::new(Kernel::load(opts.max_sockets)?))),
             Choice::Auto => match Kernel::load(opts.max_sockets) {
@@ -152,10 +148,18 @@ impl Dataplane {
         })
     }
 
+    /// The dataplane `args` ask for, loaded and checked on this kernel: what
+    /// `gateway forward` and `gateway run` serve with.
+    pub async fn start(args: &DataplaneArgs, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let mut dp = Self::new(args.dataplane, args.options(), stats)?;
+        dp.check(args.dataplane).await?;
+        Ok(dp)
+    }
+
     /// Checks the kernel path on this kernel before it serves anyone (see
     /// `probe`). If it fails, `auto` falls back to splice with one line
     /// saying why; an explicit `ebpf` is an error.
-    pub async fn check(&mut self, choice: Choice) -> Result<(), CheckFailed> {
+    async fn check(&mut self, choice: Choice) -> Result<(), CheckFailed> {
         let Some(kernel) = self.kernel.clone() else {
             return Ok(());
         };
