@@ -104,7 +104,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        dp.kind()
+        format_args!("{:#}", dp.kind())
     );
 
     let next = Arc::new(AtomicUsize::new(0));

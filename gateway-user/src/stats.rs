@@ -35,8 +35,11 @@ counters! {
     dataplane_ebpf,
     /// Connections relayed with splice(2).
     dataplane_splice,
-    /// Connections relayed with a userspace copy loop.
+    /// Connections relayed with a userspace copy loop (with `auto`: ended
+    /// before they were worth moving into the kernel).
     dataplane_userspace,
+    /// Connections `auto` moved from the copy path into the kernel.
+    connections_promoted,
     /// Connections that were meant for the kernel but could not be inserted
     /// (already half-closed, map full) and ran on splice instead.
     ebpf_fallback_splice,

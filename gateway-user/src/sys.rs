@@ -84,6 +84,14 @@ pub fn outq(fd: &impl AsRawFd) -> io::Result<u64> {
     Ok(n as u64)
 }
 
+/// Bytes in the receive queue not read yet (`SIOCINQ`).
+pub fn inq(fd: &impl AsRawFd) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ writes one int.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n as u64)
+}
+
 /// Every byte the socket has taken into its send queue since it was
 /// established: acknowledged plus still queued. Unlike any counter of the
 /// verdict's, this says the bytes are in the socket, not on the way to it.
@@ -150,6 +158,29 @@ pub fn recv(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
+        Ok(n as usize)
+    }
+}
+
+/// Non-blocking `recv` of at most `max` bytes into the spare capacity of
+/// `buf` (no zeroing first); what arrives is appended.
+pub fn recv_append(fd: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let room = max.min(spare.len());
+    let spare = &mut spare[..room];
+    // SAFETY: the kernel writes at most `spare.len()` bytes into the spare
+    // capacity, and `set_len` covers only what it reported writing.
+    unsafe {
+        let n = libc::recv(
+            fd.as_raw_fd(),
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        );
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.set_len(buf.len() + n as usize);
         Ok(n as usize)
     }
 }

@@ -104,6 +104,63 @@ fn bulk_64mib_one_way_ebpf_mostly_in_kernel() {
     }
 }
 
+/// `auto` starts a connection on its copy path and moves it into the kernel
+/// mid-stream once it has moved 256 KiB: both directions running at once,
+/// every byte once and in order across the move.
+#[test]
+fn bulk_64mib_each_way_auto_moves_into_the_kernel() {
+    let stats = bulk("auto");
+    assert_eq!(stats["dataplane"], "auto");
+    assert_eq!(u64_of(&stats, &["connections_promoted"]), 1, "{stats}");
+    assert_eq!(u64_of(&stats, &["dataplane_ebpf"]), 1, "{stats}");
+    assert_eq!(u64_of(&stats, &["dataplane_userspace"]), 0, "{stats}");
+    let redirected = u64_of(&stats, &["bytes_kernel_redirected"]);
+    let copied = u64_of(&stats, &["bytes_agent_copied"]);
+    assert_eq!(redirected + copied, 128 * MIB, "{stats}");
+    assert!(redirected > 0, "nothing went through the kernel: {stats}");
+    assert_eq!(u64_of(&stats, &["map_entries"]), 0, "{stats}");
+    eprintln!("auto both ways: {redirected} bytes redirected in the kernel, {copied} copied (before the move and by flow control)");
+}
+
+/// A long-lived exchange of small messages moves into the kernel after 64
+/// reads; the answers stay whole and in order across the move.
+#[test]
+fn auto_moves_a_chatty_connection_into_the_kernel() {
+    use std::io::{BufRead, BufReader, Write};
+    let port = free_port();
+    let _echo = TcpEcho::start(port, "one");
+    let to = format!("127.0.0.1:{port}");
+    let gw = Gateway::start(&["forward", "--listen", "127.0.0.1:0", "--to", &to]);
+    let mut s = std::net::TcpStream::connect(gw.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    let mut lines = BufReader::new(s.try_clone().expect("clone"));
+    for i in 0..200 {
+        let line = format!("message {i} {}\n", "x".repeat(i % 50));
+        s.write_all(line.as_bytes()).expect("write");
+        let mut reply = String::new();
+        lines.read_line(&mut reply).expect("read the answer");
+        assert_eq!(reply, format!("one {line}"), "answer {i}");
+    }
+    s.shutdown(std::net::Shutdown::Write).expect("fin");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).expect("read to the end");
+    assert!(
+        rest.is_empty(),
+        "unexpected bytes after the last answer: {rest:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = gw.stop();
+    assert_eq!(u64_of(&stats, &["connections_promoted"]), 1, "{stats}");
+    assert_eq!(u64_of(&stats, &["dataplane_ebpf"]), 1, "{stats}");
+    assert_eq!(u64_of(&stats, &["connections_completed"]), 1, "{stats}");
+    assert!(
+        u64_of(&stats, &["bytes_kernel_redirected"]) > 0,
+        "the answers after the move should go through the kernel: {stats}"
+    );
+}
+
 #[test]
 fn bulk_64mib_each_way_splice() {
     let stats = bulk("splice");
@@ -128,7 +185,7 @@ fn tcp_echo_line_with_half_close_on_every_dataplane() {
     let port = free_port();
     let _echo = TcpEcho::start(port, "one");
     let to = format!("127.0.0.1:{port}");
-    for dp in ["ebpf", "splice", "userspace"] {
+    for dp in ["ebpf", "auto", "splice", "userspace"] {
         let gw = Gateway::start(&[
             "forward",
             "--listen",
@@ -150,6 +207,16 @@ fn tcp_echo_line_with_half_close_on_every_dataplane() {
             3,
             "{dp}: {stats}"
         );
+        if dp == "auto" {
+            // A line and its answer: never worth the kernel path's set-up.
+            assert_eq!(u64_of(&stats, &["connections_promoted"]), 0, "{stats}");
+            assert_eq!(u64_of(&stats, &["dataplane_userspace"]), 3, "{stats}");
+            assert_eq!(
+                u64_of(&stats, &["kernel", "redirected_bytes"]),
+                0,
+                "{stats}"
+            );
+        }
     }
 }
 
@@ -229,7 +296,9 @@ fn auto_says_which_dataplane_it_chose() {
     let to = format!("127.0.0.1:{echo_port}");
     let gw = Gateway::start(&["forward", "--listen", "127.0.0.1:0", "--to", &to]);
     assert!(
-        gw.stderr().iter().any(|l| l.contains("dataplane ebpf")),
+        gw.stderr()
+            .iter()
+            .any(|l| l.contains("dataplane auto (each connection starts on the copy path")),
         "{:?}",
         gw.stderr()
     );

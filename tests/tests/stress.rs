@@ -28,6 +28,18 @@ fn mixed_ebpf_veth() {
     check(&Net::veth(), "ebpf", 1000, 2);
 }
 
+/// `auto`: the bigger connections move into the kernel mid-stream, the
+/// smaller ones end on the copy path.
+#[test]
+fn mixed_auto_loopback() {
+    check(&Net::Loopback, "auto", 1000, 5);
+}
+
+#[test]
+fn mixed_auto_veth() {
+    check(&Net::veth(), "auto", 500, 6);
+}
+
 #[test]
 fn mixed_splice_and_userspace_veth() {
     let net = Net::veth();

@@ -228,7 +228,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
-            rt.dp.kind(),
+            format_args!("{:#}", rt.dp.kind()),
             args.admin.display()
         );
     }

@@ -57,6 +57,9 @@ struct Way {
     src_cookie: u64,
     /// written(dst) when the connection was attached.
     written0: u64,
+    /// Bytes src received before (read by the agent on the copy path and
+    /// written to dst): not the kernel path's to account for.
+    received0: u64,
     /// Passed bytes read from src and not yet accepted by dst.
     pending: Vec<u8>,
     /// The control record as last written to `PEERS`.
@@ -87,6 +90,7 @@ pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     entry: Entry,
+    already: [u64; 2],
 ) -> Result<End, (AttachError, TcpStream, TcpStream, Entry)> {
     if opts.sndbuf > 0 {
         let size = opts.sndbuf.min(i32::MAX as u32) as i32;
@@ -115,11 +119,12 @@ pub async fn relay(
         }
     };
     let now = Instant::now();
-    let way = |src, dst, src_cookie, dst_cookie, written0, credit| Way {
+    let way = |src, dst, src_cookie, dst_cookie, written0, credit, received0| Way {
         src,
         dst,
         src_cookie,
         written0,
+        received0,
         pending: Vec::new(),
         ctl: PeerCtl {
             peer: dst_cookie,
@@ -137,8 +142,8 @@ pub async fn relay(
         kicked: false,
     };
     let mut ways = [
-        way(0, 1, pair.a, pair.b, w0b, credits.0),
-        way(1, 0, pair.b, pair.a, w0c, credits.1),
+        way(0, 1, pair.a, pair.b, w0b, credits.0, already[0]),
+        way(1, 0, pair.b, pair.a, w0c, credits.1, already[1]),
     ];
     let end = run(kernel, &socks, &mut ways).await;
     if !matches!(end, End::Completed) {
@@ -322,7 +327,10 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
     // The FIN goes on only when every byte before it is in dst.
     let src_info = sys::tcp_info(src).map_err(gone)?;
     let fin = fin_received(src_info.state);
-    let payload = src_info.bytes_received.saturating_sub(u64::from(fin));
+    let payload = src_info
+        .bytes_received
+        .saturating_sub(u64::from(fin))
+        .saturating_sub(w.received0);
     if fin {
         if written == payload && w.pending.is_empty() {
             sys::shutdown_write(dst).map_err(gone)?;

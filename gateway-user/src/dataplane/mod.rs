@@ -22,7 +22,9 @@ pub use kernel::Kernel;
 /// What the user asked for with `--dataplane`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Choice {
-    /// ebpf when the programs load, else splice.
+    /// Each connection starts on the copy path and moves into the kernel
+    /// (ebpf) once it proves long-lived or bulk; splice if the programs do
+    /// not load.
     Auto,
     /// Sockhash + sk_skb stream verdict: the kernel moves the bytes.
     Ebpf,
@@ -35,18 +37,32 @@ pub enum Choice {
 /// The dataplane in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// Every connection in the kernel from its first byte.
     Ebpf,
+    /// Copy first, the kernel once a connection proves long-lived or bulk.
+    Adaptive,
     Splice,
     Userspace,
 }
 
+/// The short name (`ebpf`, `auto`, ...); `{:#}` says what `auto` does.
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Ebpf => "ebpf",
-            Kind::Splice => "splice",
-            Kind::Userspace => "userspace",
-        })
+        match self {
+            Kind::Adaptive if f.alternate() => write!(
+                f,
+                "auto (each connection starts on the copy path and moves into the kernel, ebpf, \
+                 once it has moved {} KiB or made {} reads)",
+                PROMOTE.bytes / 1024,
+                PROMOTE.reads
+            ),
+            _ => f.write_str(match self {
+                Kind::Ebpf => "ebpf",
+                Kind::Adaptive => "auto",
+                Kind::Splice => "splice",
+                Kind::Userspace => "userspace",
+            }),
+        }
     }
 }
 
@@ -130,7 +146,7 @@ impl Dataplane {
         let (kind, kernel) = match choice {
             Choice::Ebpf => (Kind::Ebpf, Some(Arc::new(Kernel::load(opts.max_sockets)?))),
             Choice::Auto => match Kernel::load(opts.max_sockets) {
-                Ok(k) => (Kind::Ebpf, Some(Arc::new(k))),
+                Ok(k) => (Kind::Adaptive, Some(Arc::new(k))),
                 Err(e) => {
                     tracing::warn!("ebpf dataplane unavailable, using splice: {e}");
                     (Kind::Splice, None)
@@ -208,22 +224,27 @@ impl Dataplane {
         let entry = self.conns.add(client.as_raw_fd(), backend.as_raw_fd());
         let end = match (&self.kind, &self.kernel) {
             (Kind::Ebpf, Some(kernel)) => {
-                match ebpf::relay(kernel, &self.opts, &self.stats, client, backend, entry).await {
-                    Ok(end) => {
-                        Stats::inc(&self.stats.dataplane_ebpf);
-                        end
+                self.in_kernel(kernel, client, backend, entry, [0, 0]).await
+            }
+            (Kind::Adaptive, Some(kernel)) => {
+                match copy::run(&self.stats, &client, &backend, Some(PROMOTE)).await {
+                    copy::Outcome::Ended(result) => {
+                        Stats::inc(&self.stats.dataplane_userspace);
+                        end_of(result, client, backend, entry)
                     }
-                    Err((e, client, backend, entry)) => {
-                        tracing::debug!("connection runs on splice: {e}");
-                        Stats::inc(&self.stats.ebpf_fallback_splice);
-                        Stats::inc(&self.stats.dataplane_splice);
-                        splice::relay(&self.stats, client, backend, entry).await
+                    copy::Outcome::Promote { read } => {
+                        Stats::inc(&self.stats.connections_promoted);
+                        self.in_kernel(kernel, client, backend, entry, read).await
                     }
                 }
             }
             (Kind::Userspace, _) => {
                 Stats::inc(&self.stats.dataplane_userspace);
-                copy::relay(&self.stats, client, backend, entry).await
+                let result = match copy::run(&self.stats, &client, &backend, None).await {
+                    copy::Outcome::Ended(result) => result,
+                    copy::Outcome::Promote { .. } => unreachable!("no promotion asked for"),
+                };
+                end_of(result, client, backend, entry)
             }
             _ => {
                 Stats::inc(&self.stats.dataplane_splice);
@@ -244,6 +265,52 @@ impl Dataplane {
         end
     }
 }
+
+impl Dataplane {
+    /// Runs a connection in the kernel; `read` is what the agent already
+    /// read from each socket (and wrote to the other) before. A connection
+    /// the maps refuse runs on splice.
+    async fn in_kernel(
+        &self,
+        kernel: &Kernel,
+        client: TcpStream,
+        backend: TcpStream,
+        entry: Entry,
+        read: [u64; 2],
+    ) -> End {
+        match ebpf::relay(
+            kernel,
+            &self.opts,
+            &self.stats,
+            client,
+            backend,
+            entry,
+            read,
+        )
+        .await
+        {
+            Ok(end) => {
+                Stats::inc(&self.stats.dataplane_ebpf);
+                end
+            }
+            Err((e, client, backend, entry)) => {
+                tracing::debug!("connection runs on splice: {e}");
+                Stats::inc(&self.stats.ebpf_fallback_splice);
+                Stats::inc(&self.stats.dataplane_splice);
+                splice::relay(&self.stats, client, backend, entry).await
+            }
+        }
+    }
+}
+
+/// When `auto` moves a connection from the copy path into the kernel: once
+/// it has moved 256 KiB (bulk) or made 64 reads (a long-lived exchange,
+/// 32 round trips). A connection that sends a request and reads an answer
+/// never pays for the maps.
+const PROMOTE: copy::Promote = copy::Promote {
+    bytes: 256 * 1024,
+    reads: 64,
+};
 
 /// Is `e` the peer going away (as opposed to a local failure)?
 fn is_peer_gone(e: &io::Error) -> bool {

@@ -190,6 +190,17 @@ pub fn connection_rate(
     duration: Duration,
 ) -> anyhow::Result<Rate> {
     in_ns(place.client(), move || {
+        connection_rate_here(target, clients, duration)
+    })?
+}
+
+/// [`connection_rate`] from the calling thread's namespace.
+pub fn connection_rate_here(
+    target: SocketAddr,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Rate> {
+    {
         let start = Instant::now();
         let deadline = start + duration;
         let per_thread: Vec<(u64, u64, Option<String>)> = thread::scope(|s| {
@@ -206,13 +217,13 @@ pub fn connection_rate(
         });
         let elapsed = start.elapsed().as_secs_f64();
         let completed = per_thread.iter().map(|t| t.0).sum::<u64>();
-        Rate {
+        Ok(Rate {
             per_s: completed as f64 / elapsed,
             completed,
             errors: per_thread.iter().map(|t| t.1).sum(),
             first_error: per_thread.into_iter().find_map(|t| t.2),
-        }
-    })
+        })
+    }
 }
 
 /// One connection-rate client: (completed, failed, first error).

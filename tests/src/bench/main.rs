@@ -69,6 +69,16 @@ enum Serve {
     /// The echo backend (the bench starts it in the backend's namespace).
     #[command(hide = true)]
     EchoServer { addr: SocketAddr },
+    /// The new-connections figure alone, in the current namespace, against
+    /// any target (for profiling a proxy by hand).
+    #[command(hide = true)]
+    ConnRate {
+        target: SocketAddr,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +165,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.serve {
         Some(Serve::EchoServer { addr }) => load::echo_server(addr),
+        Some(Serve::ConnRate {
+            target,
+            clients,
+            secs,
+        }) => load::connection_rate_here(target, clients, Duration::from_secs_f64(secs)).map(|r| {
+            println!(
+                "{:.0} connections/s ({} completed, {} failed{})",
+                r.per_s,
+                r.completed,
+                r.errors,
+                r.first_error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+        }),
         None => run(&cli),
     };
     match result {
