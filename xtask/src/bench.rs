@@ -22,8 +22,8 @@ pub struct Args {
     /// Repetitions (default: 3 quick, 5 full).
     #[arg(long)]
     reps: Option<usize>,
-    /// Only these contenders, comma separated (direct, ebpf, ebpf+sndbuf16M,
-    /// splice, userspace, haproxy, nginx).
+    /// Only these contenders, comma separated (direct, auto, ebpf, splice,
+    /// userspace, haproxy, nginx; also ebpf+sndbuf16M, not run by default).
     #[arg(long, value_name = "NAME,...")]
     contenders: Option<String>,
 }

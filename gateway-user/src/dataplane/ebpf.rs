@@ -28,14 +28,14 @@ use super::{
 use crate::{conns::Entry, stats::Stats, sys};
 
 /// Most bytes the agent holds for one direction when it moves passed bytes.
-const BUF: usize = 64 * 1024;
+const BUF: usize = 256 * 1024;
 /// Pause between checks while a direction waits for the kernel with no event
 /// to say when it is done (a FIN to drain, a psock queue to empty): short at
 /// first, longer while nothing moves.
 const TICK_MIN: Duration = Duration::from_millis(1);
 const TICK_MAX: Duration = Duration::from_millis(50);
 /// How often credit is renewed while the verdict is redirecting.
-const REFRESH: Duration = Duration::from_millis(2);
+const REFRESH: Duration = Duration::from_millis(1);
 /// A direction whose target has nothing queued and whose counters have not
 /// moved for this long has lost bytes in the kernel.
 const STALL: Duration = Duration::from_secs(2);
@@ -261,9 +261,16 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         return Ok(());
     }
     let (src, dst) = (socks[w.src].get_ref(), socks[w.dst].get_ref());
-    let flow = kernel.flow(w.src_cookie).unwrap_or_default();
+    let mut flow = kernel.flow(w.src_cookie).unwrap_or_default();
     let mut waiting = false;
     let consumed_before = w.ctl.consumed;
+    // Whether dst is known to hold every redirected byte: then, as long as
+    // passed bytes are unconsumed, the verdict passes every new skb too (it
+    // redirects only once `passed == consumed` in `PEERS`, which this loop
+    // publishes only at its end), so the agent owns the order and need not
+    // look at dst's counters again before each read.
+    let mut ordered = false;
+    let mut looked_again = false;
 
     // Bytes the verdict passed to src, in order: only once everything it
     // redirected before them is in dst, so no byte overtakes another.
@@ -282,22 +289,30 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
                 Err(e) => return Err(gone(e)),
             }
         }
-        let unread = flow.passed.saturating_sub(w.ctl.consumed);
+        let mut unread = flow.passed.saturating_sub(w.ctl.consumed);
+        if unread == 0 && ordered && !looked_again {
+            // More may have been passed while the agent moved the last
+            // bytes: one more look before publishing.
+            looked_again = true;
+            flow = kernel.flow(w.src_cookie).unwrap_or(flow);
+            unread = flow.passed.saturating_sub(w.ctl.consumed);
+        }
         if unread == 0 {
             break;
         }
-        let written = sys::written(dst).map_err(gone)?.saturating_sub(w.written0);
-        if written != flow.redirected + w.ctl.consumed {
-            // dst's psock still owes earlier bytes: look again soon.
-            waiting = true;
-            break;
-        }
-        let mut buf = vec![0u8; unread.min(BUF as u64) as usize];
-        match sys::recv(src, &mut buf) {
-            Ok(n) if n > 0 => {
-                buf.truncate(n);
-                w.pending = buf;
+        if !ordered {
+            let written = sys::written(dst).map_err(gone)?.saturating_sub(w.written0);
+            if written != flow.redirected + w.ctl.consumed {
+                // dst's psock still owes earlier bytes: look again soon.
+                waiting = true;
+                break;
             }
+            ordered = true;
+        }
+        let want = unread.min(BUF as u64) as usize;
+        let mut buf = Vec::with_capacity(want);
+        match sys::recv_append(src, &mut buf, want) {
+            Ok(n) if n > 0 => w.pending = buf,
             Ok(_) => {
                 waiting = true;
                 break;

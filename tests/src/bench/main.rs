@@ -55,8 +55,8 @@ struct Cli {
     /// Repetitions (default: 3 quick, 5 full).
     #[arg(long)]
     reps: Option<usize>,
-    /// Only these contenders, comma separated (direct, ebpf,
-    /// ebpf+sndbuf16M, splice, userspace, haproxy, nginx).
+    /// Only these contenders, comma separated (direct, auto, ebpf, splice,
+    /// userspace, haproxy, nginx; also ebpf+sndbuf16M).
     #[arg(long, value_delimiter = ',')]
     contenders: Vec<String>,
     /// Keep the scratch directory (configurations, logs) and print where.
@@ -468,7 +468,8 @@ fn measure(
             }
             let counters = ep.stop();
             if let Contender::Gateway {
-                dataplane: "ebpf", ..
+                dataplane: "ebpf" | "auto",
+                ..
             } = c
             {
                 if let Some(share) = counters.as_ref().and_then(kernel_share) {

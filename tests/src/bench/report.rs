@@ -357,7 +357,7 @@ pub fn markdown(r: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "\n`auto` is not listed: it is `ebpf` wherever the programs load. Backends: iperf3 -s \
+        "\nBackends: iperf3 -s \
          for bulk, an echo server (one thread, tokio) for the rest. Tools: {}.\n",
         m.tools.join("; ")
     );
