@@ -144,24 +144,6 @@ pub fn shutdown_write(fd: &impl AsRawFd) -> io::Result<()> {
     check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }).map(drop)
 }
 
-/// Non-blocking `recv` into `buf`.
-pub fn recv(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// Non-blocking `recv` of at most `max` bytes into the spare capacity of
 /// `buf` (no zeroing first); what arrives is appended.
 pub fn recv_append(fd: &impl AsRawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
