@@ -220,6 +220,24 @@ impl Gateway {
     pub fn stop(self) -> serde_json::Value {
         self.process.stop()
     }
+
+    /// CPU time the gateway process has used so far (user + system).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid()))
+            .expect("read the gateway's /proc stat");
+        // Fields after the command name, which is in parentheses: state is
+        // the 3rd field, utime and stime the 14th and 15th.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().expect("clock ticks"))
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis((fields[0] + fields[1]) * 1000 / hz)
+    }
 }
 
 /// Where a test's client, gateway and backend live.

@@ -161,6 +161,50 @@ fn auto_moves_a_chatty_connection_into_the_kernel() {
     );
 }
 
+/// A connection whose backend has finished while the client keeps its own
+/// side open costs nothing while it waits (a read-closed socket stays
+/// readable for good; asking for that readiness spun the relay on a core).
+#[test]
+fn a_half_closed_connection_waits_without_spinning() {
+    use gateway_tests::scenarios::Backend;
+    use std::io::{Read, Write};
+    for dp in ["ebpf", "auto", "splice", "userspace"] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let backend = Backend::serve(l, |mut s| {
+            let _ = s.write_all(&vec![7u8; 512 * 1024]);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        });
+        let gw = Gateway::forward(backend.addr, dp, &[]);
+        let mut c = std::net::TcpStream::connect(gw.addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c.write_all(&[1u8; 1024]).expect("write");
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).expect("read to the backend's FIN");
+        assert_eq!(got.len(), 512 * 1024, "{dp}");
+        // The backend is done; the client's side stays open a second.
+        std::thread::sleep(Duration::from_millis(100));
+        let before = gw.cpu_time();
+        std::thread::sleep(Duration::from_secs(1));
+        let used = gw.cpu_time().saturating_sub(before);
+        c.shutdown(std::net::Shutdown::Write).expect("fin");
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        let stats = gw.stop();
+        assert!(
+            used < Duration::from_millis(300),
+            "{dp}: the gateway used {used:?} of CPU in a second with one half-closed connection"
+        );
+        assert_eq!(
+            u64_of(&stats, &["connections_completed"]),
+            1,
+            "{dp}: {stats}"
+        );
+    }
+}
+
 #[test]
 fn bulk_64mib_each_way_splice() {
     let stats = bulk("splice");

@@ -214,7 +214,14 @@ async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 
         // readiness that woke us is cleared before the next look, so an event
         // after the look wakes us again (epoll is edge-triggered).
         let interest = |i: usize| {
-            let mut want = Interest::READABLE | Interest::ERROR;
+            // A socket whose direction is over stays read-closed, and that
+            // readiness is never cleared: asking for it again would wake the
+            // loop at once, forever (seen: a connection whose backend closed
+            // first spun on two cores until the client closed too).
+            let mut want = Interest::ERROR;
+            if ways.iter().any(|w| w.src == i && !w.fin_sent) {
+                want |= Interest::READABLE;
+            }
             if ways.iter().any(|w| w.dst == i && w.blocked) {
                 want |= Interest::WRITABLE;
             }
