@@ -65,6 +65,9 @@ struct Way {
     /// The control record as last written to `PEERS`.
     ctl: PeerCtl,
     fin_sent: bool,
+    /// src has received its FIN: nothing more can arrive on it, and its
+    /// readiness would stay set for good.
+    fin_seen: bool,
     /// Last observed written(dst), and when it last changed or, if later,
     /// when dst last owed nothing: the stall clock.
     last_written: u64,
@@ -132,6 +135,7 @@ pub async fn relay(
             consumed: 0,
         },
         fin_sent: false,
+        fin_seen: false,
         last_written: 0,
         last_change: now,
         owing: false,
@@ -219,7 +223,9 @@ async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 
             // loop at once, forever (seen: a connection whose backend closed
             // first spun on two cores until the client closed too).
             let mut want = Interest::ERROR;
-            if ways.iter().any(|w| w.src == i && !w.fin_sent) {
+            // Once its FIN is in, what is left (bytes to move, the FIN to
+            // forward once drained) is paced by the ticks.
+            if ways.iter().any(|w| w.src == i && !w.fin_sent && !w.fin_seen) {
                 want |= Interest::READABLE;
             }
             if ways.iter().any(|w| w.dst == i && w.blocked) {
@@ -354,6 +360,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         .saturating_sub(u64::from(fin))
         .saturating_sub(w.received0);
     if fin {
+        w.fin_seen = true;
         if written == payload && w.pending.is_empty() {
             sys::shutdown_write(dst).map_err(gone)?;
             w.fin_sent = true;
