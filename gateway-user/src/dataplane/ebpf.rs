@@ -225,7 +225,10 @@ async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 
             let mut want = Interest::ERROR;
             // Once its FIN is in, what is left (bytes to move, the FIN to
             // forward once drained) is paced by the ticks.
-            if ways.iter().any(|w| w.src == i && !w.fin_sent && !w.fin_seen) {
+            if ways
+                .iter()
+                .any(|w| w.src == i && !w.fin_sent && !w.fin_seen)
+            {
                 want |= Interest::READABLE;
             }
             if ways.iter().any(|w| w.dst == i && w.blocked) {
