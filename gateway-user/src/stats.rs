@@ -40,6 +40,8 @@ counters! {
     dataplane_userspace,
     /// Connections `auto` moved from the copy path into the kernel.
     connections_promoted,
+    /// Connections `auto` moved from the copy path to splice (bulk).
+    connections_bulk_spliced,
     /// Connections that were meant for the kernel but could not be inserted
     /// (already half-closed, map full) and ran on splice instead.
     ebpf_fallback_splice,

@@ -286,6 +286,11 @@ impl Net {
             Net::Loopback => "127.0.0.1:0".to_owned(),
             Net::Veth(_) => format!("{}:0", Topology::GATEWAY_FRONT),
         };
+        // `auto-ebpf`: auto with bulk connections moved into the kernel too.
+        let (dataplane, bulk) = match dataplane {
+            "auto-ebpf" => ("auto", Some("ebpf")),
+            dp => (dp, None),
+        };
         let mut args = vec![
             "forward",
             "--listen",
@@ -296,6 +301,9 @@ impl Net {
             dataplane,
             "--no-check-targets",
         ];
+        if let Some(path) = bulk {
+            args.extend(["--bulk-path", path]);
+        }
         args.extend_from_slice(extra);
         match self {
             Net::Loopback => Gateway::start_in(None, &args),

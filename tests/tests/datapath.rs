@@ -3,10 +3,11 @@
 //! loopback.
 use gateway_tests::{scenarios, Net};
 
-/// `auto` moves a connection into the kernel mid-stream once it has moved
-/// 256 KiB: the bigger transfers here cross that line, the small ones stay
-/// on its copy path.
-const DATAPLANES: [&str; 4] = ["ebpf", "auto", "splice", "userspace"];
+/// `auto` moves a connection off its copy path mid-stream once it has moved
+/// 256 KiB (to splice; `auto-ebpf`: into the kernel) or made 64 reads (into
+/// the kernel): the bigger transfers here cross that line, the small ones
+/// stay on the copy path.
+const DATAPLANES: [&str; 5] = ["ebpf", "auto", "auto-ebpf", "splice", "userspace"];
 
 fn each(net: &Net, f: impl Fn(&Net, &str)) {
     for dp in DATAPLANES {

@@ -33,7 +33,8 @@ pub enum Outcome {
     /// The connection met the [`Promote`] bar while neither direction had
     /// seen a FIN and the agent held no byte: everything read so far has
     /// been written. `read[0]` bytes were read from `a`, `read[1]` from `b`.
-    Promote { read: [u64; 2] },
+    /// `bulk`: it crossed the byte bar (else the read count).
+    Promote { read: [u64; 2], bulk: bool },
 }
 
 /// One direction: bytes read from one socket, written to the other.
@@ -84,7 +85,9 @@ impl Way {
 enum Step {
     /// Waiting on readiness (or done).
     Wait,
-    Promote,
+    Promote {
+        bulk: bool,
+    },
 }
 
 /// Relays `a` and `b` until both directions have forwarded their FIN, one
@@ -96,9 +99,10 @@ pub async fn run(stats: &Stats, a: &TcpStream, b: &TcpStream, promote: Option<Pr
         for i in 0..2 {
             match step(stats, &socks, &mut ways, i, promote) {
                 Ok(Step::Wait) => {}
-                Ok(Step::Promote) => {
+                Ok(Step::Promote { bulk }) => {
                     return Outcome::Promote {
                         read: [ways[0].read, ways[1].read],
+                        bulk,
                     }
                 }
                 Err(e) => return Outcome::Ended(Err(e)),
@@ -161,11 +165,10 @@ fn step(
         w.off = 0;
         // Every byte read is written: a point where the connection can
         // change hands, if the other direction is at one too.
-        let due = promote.is_some_and(|p| {
-            ways[0].read + ways[1].read >= p.bytes || ways[0].reads + ways[1].reads >= p.reads
-        });
+        let bulk = promote.is_some_and(|p| ways[0].read + ways[1].read >= p.bytes);
+        let due = bulk || promote.is_some_and(|p| ways[0].reads + ways[1].reads >= p.reads);
         if due && ways.iter().all(|w| w.holds_nothing() && w.whole && !w.done) {
-            return Ok(Step::Promote);
+            return Ok(Step::Promote { bulk });
         }
         let w = &mut ways[i];
         if drained {
