@@ -727,9 +727,13 @@ pub fn mixed(net: &Net, dp: &str, n: u64, concurrency: u64, seed: u64, max_log2:
             }
         }
     }
+    let stderr = gw.stderr();
     let stats = gw.stop();
     if u64_at(&stats, "connections_aborted") > 0 || u64_at(&stats, "connections_reset") > 0 {
         eprintln!("{dp}: {stats}");
+        for line in stderr.iter().filter(|l| l.contains("WARN")) {
+            eprintln!("{dp}: gateway: {line}");
+        }
         mix.failures += 1;
     }
     drop(backend);

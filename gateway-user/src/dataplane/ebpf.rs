@@ -94,6 +94,7 @@ pub async fn relay(
     backend: TcpStream,
     entry: Entry,
     already: [u64; 2],
+    written_before: Option<[u64; 2]>,
 ) -> Result<End, (AttachError, TcpStream, TcpStream, Entry)> {
     if opts.sndbuf > 0 {
         let size = opts.sndbuf.min(i32::MAX as u32) as i32;
@@ -101,7 +102,15 @@ pub async fn relay(
         let _ = sys::set_sndbuf_force(&backend, size);
     }
     // Snapshot before the psock can write anything.
-    let w0 = (sys::written(&client), sys::written(&backend));
+    // On a fresh connection nothing is in flight and the counters are
+    // exact. Mid-stream they are not: an acknowledgement landing between
+    // the two reads of `written` under-counts by a segment (seen: a
+    // connection aborted as "64 KiB duplicated"), so the copy path's own
+    // count of what it wrote is used instead.
+    let w0 = match written_before {
+        Some(w) => (Ok(w[0]), Ok(w[1])),
+        None => (sys::written(&client), sys::written(&backend)),
+    };
     let (Ok(w0c), Ok(w0b)) = w0 else {
         return Ok(End::Aborted("cannot read the sockets' counters".into()));
     };

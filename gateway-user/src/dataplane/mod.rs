@@ -238,9 +238,14 @@ impl Dataplane {
         let entry = self.conns.add(client.as_raw_fd(), backend.as_raw_fd());
         let end = match (&self.kind, &self.kernel) {
             (Kind::Ebpf, Some(kernel)) => {
-                self.in_kernel(kernel, client, backend, entry, [0, 0]).await
+                self.in_kernel(kernel, client, backend, entry, [0, 0], None)
+                    .await
             }
             (Kind::Adaptive, Some(kernel)) => {
+                // What each socket had taken before the copy path wrote to
+                // it: nothing is in flight yet, so this is exact (a SYN's
+                // worth on the side the agent connected).
+                let start = (crate::sys::written(&client), crate::sys::written(&backend));
                 match copy::run(&self.stats, &client, &backend, Some(PROMOTE)).await {
                     copy::Outcome::Ended(result) => {
                         Stats::inc(&self.stats.dataplane_userspace);
@@ -256,7 +261,14 @@ impl Dataplane {
                     }
                     copy::Outcome::Promote { read, .. } => {
                         Stats::inc(&self.stats.connections_promoted);
-                        self.in_kernel(kernel, client, backend, entry, read).await
+                        // Bytes read from the backend were written to the
+                        // client, and the other way round.
+                        let written = match start {
+                            (Ok(c), Ok(b)) => Some([c + read[1], b + read[0]]),
+                            _ => None,
+                        };
+                        self.in_kernel(kernel, client, backend, entry, read, written)
+                            .await
                     }
                 }
             }
@@ -299,6 +311,7 @@ impl Dataplane {
         backend: TcpStream,
         entry: Entry,
         read: [u64; 2],
+        written: Option<[u64; 2]>,
     ) -> End {
         match ebpf::relay(
             kernel,
@@ -308,6 +321,7 @@ impl Dataplane {
             backend,
             entry,
             read,
+            written,
         )
         .await
         {
