@@ -86,6 +86,17 @@ struct Way {
     kicked: bool,
 }
 
+/// What happened on a connection before it came to the kernel path (all
+/// zero for one that starts there).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Before {
+    /// Bytes the agent read from [client, backend] and wrote to the other.
+    pub read: [u64; 2],
+    /// `written` of [client, backend] as of the move, when the agent knows
+    /// it exactly (it measures it itself otherwise).
+    pub written: Option<[u64; 2]>,
+}
+
 pub async fn relay(
     kernel: &Kernel,
     opts: &Options,
@@ -93,9 +104,12 @@ pub async fn relay(
     client: TcpStream,
     backend: TcpStream,
     entry: Entry,
-    already: [u64; 2],
-    written_before: Option<[u64; 2]>,
+    before: Before,
 ) -> Result<End, (AttachError, TcpStream, TcpStream, Entry)> {
+    let Before {
+        read: already,
+        written: written_before,
+    } = before;
     if opts.sndbuf > 0 {
         let size = opts.sndbuf.min(i32::MAX as u32) as i32;
         let _ = sys::set_sndbuf_force(&client, size);

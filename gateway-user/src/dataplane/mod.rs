@@ -238,7 +238,7 @@ impl Dataplane {
         let entry = self.conns.add(client.as_raw_fd(), backend.as_raw_fd());
         let end = match (&self.kind, &self.kernel) {
             (Kind::Ebpf, Some(kernel)) => {
-                self.in_kernel(kernel, client, backend, entry, [0, 0], None)
+                self.in_kernel(kernel, client, backend, entry, ebpf::Before::default())
                     .await
             }
             (Kind::Adaptive, Some(kernel)) => {
@@ -267,8 +267,8 @@ impl Dataplane {
                             (Ok(c), Ok(b)) => Some([c + read[1], b + read[0]]),
                             _ => None,
                         };
-                        self.in_kernel(kernel, client, backend, entry, read, written)
-                            .await
+                        let before = ebpf::Before { read, written };
+                        self.in_kernel(kernel, client, backend, entry, before).await
                     }
                 }
             }
@@ -301,17 +301,15 @@ impl Dataplane {
 }
 
 impl Dataplane {
-    /// Runs a connection in the kernel; `read` is what the agent already
-    /// read from each socket (and wrote to the other) before. A connection
-    /// the maps refuse runs on splice.
+    /// Runs a connection in the kernel, after what `before` says happened
+    /// on the copy path. A connection the maps refuse runs on splice.
     async fn in_kernel(
         &self,
         kernel: &Kernel,
         client: TcpStream,
         backend: TcpStream,
         entry: Entry,
-        read: [u64; 2],
-        written: Option<[u64; 2]>,
+        before: ebpf::Before,
     ) -> End {
         match ebpf::relay(
             kernel,
@@ -320,8 +318,7 @@ impl Dataplane {
             client,
             backend,
             entry,
-            read,
-            written,
+            before,
         )
         .await
         {
