@@ -16,7 +16,7 @@ const BUF: usize = 64 * 1024;
 /// than this is emptied over several tries).
 const DRAIN_MAX: usize = 4 << 20;
 
-/// When a connection on the copy path is worth moving into the kernel.
+/// When a connection on the copy path is worth moving off it.
 #[derive(Debug, Clone, Copy)]
 pub struct Promote {
     /// Bytes read, both directions together.

@@ -23,8 +23,8 @@ pub use kernel::Kernel;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Choice {
     /// Each connection starts on the copy path and moves into the kernel
-    /// (ebpf) once it proves long-lived or bulk; splice if the programs do
-    /// not load.
+    /// (ebpf) once it proves long-lived, or to splice once it proves bulk;
+    /// splice for all if the programs do not load.
     Auto,
     /// Sockhash + sk_skb stream verdict: the kernel moves the bytes.
     Ebpf,
@@ -39,7 +39,8 @@ pub enum Choice {
 pub enum Kind {
     /// Every connection in the kernel from its first byte.
     Ebpf,
-    /// Copy first, the kernel once a connection proves long-lived or bulk.
+    /// Copy first; the kernel once a connection proves long-lived, splice
+    /// (or the kernel, `--bulk-path ebpf`) once it proves bulk.
     Adaptive,
     Splice,
     Userspace,
@@ -243,9 +244,11 @@ impl Dataplane {
             }
             (Kind::Adaptive, Some(kernel)) => {
                 // What each socket had taken before the copy path wrote to
-                // it: nothing is in flight yet, so this is exact (a SYN's
-                // worth on the side the agent connected).
-                let start = (crate::sys::written(&client), crate::sys::written(&backend));
+                // it: its send queue is empty, so `written` is just its
+                // acknowledged count (a SYN's worth on the side the agent
+                // connected), one read each.
+                let acked = |s: &TcpStream| crate::sys::tcp_info(s).map(|i| i.bytes_acked);
+                let start = (acked(&client), acked(&backend));
                 match copy::run(&self.stats, &client, &backend, Some(PROMOTE)).await {
                     copy::Outcome::Ended(result) => {
                         Stats::inc(&self.stats.dataplane_userspace);
