@@ -90,65 +90,98 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
     let dp = Dataplane::start(&args.dataplane, stats.clone()).await?;
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let workers = crate::workers::Workers::start(args.dataplane.workers)
+        .context("cannot start the worker threads")?;
+    let listeners = workers
+        .bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     if let Ok(limit) = crate::sys::raise_nofile_limit() {
         tracing::debug!("open files limit {limit}");
     }
-    let local = listener.local_addr()?;
+    let local = listeners.local_addr();
     tracing::info!(
-        "listening on {local}, forwarding to {}, dataplane {}",
+        "listening on {local}, forwarding to {}, dataplane {}, {} workers",
         targets
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        format_args!("{:#}", dp.kind())
+        format_args!("{:#}", dp.kind()),
+        workers.len()
     );
 
-    let next = Arc::new(AtomicUsize::new(0));
-    let targets = Arc::new(targets);
-    let tasks = crate::tasks::Tasks::default();
+    let shared = Arc::new(Shared {
+        dp,
+        stats: stats.clone(),
+        targets,
+        next: AtomicUsize::new(0),
+        connect_timeout: args.connect_timeout,
+        tasks: crate::tasks::Tasks::default(),
+    });
+    let accepting = workers.serve(listeners, |listener| accept_loop(listener, shared.clone()));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (client, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // EMFILE and friends: back off rather than spin.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                Stats::inc(&stats.connections_accepted);
-                let (dp, targets, next, timeout) = (dp.clone(), targets.clone(), next.clone(), args.connect_timeout);
-                let stats = stats.clone();
-                tasks.spawn(async move {
-                    let first = next.fetch_add(1, Relaxed);
-                    let mut backend = None;
-                    for i in 0..targets.len() {
-                        let t = targets[(first + i) % targets.len()];
-                        match connect(t, timeout).await {
-                            Ok(b) => { backend = Some(b); break; }
-                            Err(e) => tracing::warn!("connection from {peer}: backend {t}: {e}"),
-                        }
-                    }
-                    match backend {
-                        Some(b) => { dp.relay(client, b).await; }
-                        None => Stats::inc(&stats.backend_connect_failed),
-                    }
-                });
-            }
-            _ = usr1.recv() => report(&stats, &dp),
+            _ = usr1.recv() => report(&stats, &shared.dp),
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
-    tasks.drain(args.drain_timeout).await;
-    report(&stats, &dp);
+    // Stop accepting: each worker's listening socket closes with its loop.
+    for task in &accepting {
+        task.abort();
+    }
+    for task in accepting {
+        let _ = task.await;
+    }
+    shared.tasks.drain(args.drain_timeout).await;
+    report(&stats, &shared.dp);
     Ok(())
+}
+
+/// What every worker's accept loop shares.
+struct Shared {
+    dp: Dataplane,
+    stats: Arc<Stats>,
+    targets: Vec<SocketAddr>,
+    /// Round robin over `targets`, across all workers.
+    next: AtomicUsize,
+    connect_timeout: Duration,
+    tasks: crate::tasks::Tasks,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        Stats::inc(&shared.stats.connections_accepted);
+        let s = shared.clone();
+        shared.tasks.spawn(async move {
+            let first = s.next.fetch_add(1, Relaxed);
+            let mut backend = None;
+            for i in 0..s.targets.len() {
+                let t = s.targets[(first + i) % s.targets.len()];
+                match connect(t, s.connect_timeout).await {
+                    Ok(b) => {
+                        backend = Some(b);
+                        break;
+                    }
+                    Err(e) => tracing::warn!("connection from {peer}: backend {t}: {e}"),
+                }
+            }
+            match backend {
+                Some(b) => {
+                    s.dp.relay(client, b).await;
+                }
+                None => Stats::inc(&s.stats.backend_connect_failed),
+            }
+        });
+    }
 }
 
 /// Prints the counters as one JSON line on stdout.

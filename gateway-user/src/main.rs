@@ -11,6 +11,7 @@ mod istio;
 mod stats;
 mod sys;
 mod tasks;
+mod workers;
 
 /// An eBPF-accelerated TCP gateway: the kernel moves the bytes.
 #[derive(Debug, Parser)]
@@ -97,7 +98,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control plane's runtime; connections run on the workers'
+    // (see `workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

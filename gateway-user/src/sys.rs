@@ -84,6 +84,15 @@ pub fn outq(fd: &impl AsRawFd) -> io::Result<u64> {
     Ok(n as u64)
 }
 
+/// The inode of the file `fd` is (a socket's, as `/proc/net/tcp` shows it).
+pub fn inode(fd: &impl AsRawFd) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: the borrow keeps the descriptor open for the call.
+    let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    let meta = std::fs::File::from(file.try_clone_to_owned()?).metadata()?;
+    Ok(meta.ino())
+}
+
 /// Bytes in the receive queue not read yet (`SIOCINQ`).
 pub fn inq(fd: &impl AsRawFd) -> io::Result<u64> {
     let mut n: libc::c_int = 0;

@@ -238,6 +238,29 @@ impl Gateway {
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Duration::from_millis((fields[0] + fields[1]) * 1000 / hz)
     }
+
+    /// The gateway's threads: name and how many times each has gone to
+    /// sleep waiting for something (voluntary context switches).
+    pub fn thread_waits(&self) -> Vec<(String, u64)> {
+        let dir = format!("/proc/{}/task", self.process.pid());
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir(&dir).expect("read the gateway's threads") {
+            let path = task.expect("a thread").path();
+            let (Ok(name), Ok(status)) = (
+                std::fs::read_to_string(path.join("comm")),
+                std::fs::read_to_string(path.join("status")),
+            ) else {
+                continue;
+            };
+            let waits = status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            threads.push((name.trim().to_string(), waits));
+        }
+        threads
+    }
 }
 
 /// Where a test's client, gateway and backend live.

@@ -327,6 +327,76 @@ fn fails_clearly_when_the_port_is_in_use() {
     assert!(err.contains(&addr), "{err}");
 }
 
+/// Another gateway (or anything else that asked to share the port with
+/// SO_REUSEPORT) already listening: refused, not silently sharing it.
+#[test]
+fn fails_clearly_when_another_gateway_has_the_port() {
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    let first = Gateway::start(&["forward", "--listen", "127.0.0.1:0", "--to", &to]);
+    let addr = first.addr.to_string();
+    let (code, err) = gateway_fails(&["forward", "--listen", &addr, "--to", &to], None);
+    assert_one_line_error(code, &err, "address already in use");
+    assert!(err.contains("another process listens on it"), "{err}");
+    // The first one still has every connection.
+    for i in 0..20 {
+        let line = format!("line {i}\n");
+        assert_eq!(
+            line_client(first.addr, &line, Duration::ZERO),
+            format!("one {line}")
+        );
+    }
+}
+
+/// Each worker has its own listening socket; the kernel spreads new
+/// connections over them, and each is served where it was accepted.
+#[test]
+fn connections_are_spread_over_the_workers() {
+    let echo_port = free_port();
+    let _echo = TcpEcho::start(echo_port, "one");
+    let to = format!("127.0.0.1:{echo_port}");
+    let gw = Gateway::start(&[
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--workers",
+        "3",
+    ]);
+    let waits = |gw: &Gateway| -> Vec<u64> {
+        let mut w: Vec<(String, u64)> = gw
+            .thread_waits()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("worker-"))
+            .collect();
+        w.sort();
+        w.into_iter().map(|(_, n)| n).collect()
+    };
+    let before = waits(&gw);
+    assert_eq!(before.len(), 3, "three worker threads: {before:?}");
+    for i in 0..90 {
+        let line = format!("line {i}\n");
+        assert_eq!(
+            line_client(gw.addr, &line, Duration::ZERO),
+            format!("one {line}")
+        );
+    }
+    let after = waits(&gw);
+    // One connection wakes its worker at least once; a worker that got
+    // none would not have moved. (90 connections over 3 sockets by hash:
+    // a worker with fewer than 5 is a one-in-a-million draw.)
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a - b >= 5,
+            "every worker serves connections: {before:?} -> {after:?}"
+        );
+    }
+    let stats = gw.stop();
+    assert_eq!(u64_of(&stats, &["connections_completed"]), 90, "{stats}");
+}
+
 #[test]
 fn fails_clearly_without_privileges_for_ebpf() {
     let echo_port = free_port();

@@ -245,7 +245,7 @@ impl Controller {
                 continue;
             }
             let addr = SocketAddr::new(self.listen, l.port);
-            match ports::bind(addr) {
+            match ports::bind(&self.rt, addr) {
                 Ok(listener) => fresh.push((l, addr, listener)),
                 Err(e) => problems.push(Diagnostic::new(
                     Some(&l.origin),

@@ -154,6 +154,7 @@ pub struct Runtime {
     pub stats: Arc<Stats>,
     pub counters: Counters,
     pub tasks: Tasks,
+    pub workers: crate::workers::Workers,
     table: RwLock<Arc<table::Table>>,
 }
 
@@ -197,8 +198,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Ok(limit) = crate::sys::raise_nofile_limit() {
         tracing::debug!("open files limit {limit}");
     }
+    let workers = crate::workers::Workers::start(args.dataplane.workers)
+        .context("cannot start the worker threads")?;
     let rt = Arc::new(Runtime {
         dp,
+        workers,
         stats,
         counters: Counters::default(),
         tasks: Tasks::default(),
@@ -219,7 +223,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let c = controller.lock().await;
         tracing::info!(
-            "ready: config generation {}, {} resources, ports [{}], dataplane {}, admin socket {}",
+            "ready: config generation {}, {} resources, ports [{}], dataplane {}, {} workers, \
+             admin socket {}",
             c.generation(),
             c.resource_count(),
             rt.table()
@@ -229,6 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
             format_args!("{:#}", rt.dp.kind()),
+            rt.workers.len(),
             args.admin.display()
         );
     }

@@ -1,23 +1,18 @@
 //! The Gateway ports: bound when a change needs them (so a port the system
 //! refuses fails the change), served by one accept loop each, closed when
-//! no Gateway wants them. Closing stops accepting; the connections already
-//! accepted are tasks of their own and go on.
+//! no Gateway wants them. Each port has a listening socket and an accept
+//! loop on every worker (see `crate::workers`). Closing stops accepting; the
+//! connections already accepted are tasks of their own and go on.
 use std::{collections::BTreeMap, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::Runtime;
-use crate::stats::Stats;
-
-/// Pending connections per port before the kernel refuses more.
-const BACKLOG: u32 = 4096;
+use crate::{stats::Stats, workers::Listeners};
 
 #[derive(Default)]
 pub struct Ports {
-    open: BTreeMap<u16, (SocketAddr, JoinHandle<()>)>,
+    open: BTreeMap<u16, (SocketAddr, Vec<JoinHandle<()>>)>,
 }
 
 impl Ports {
@@ -29,39 +24,32 @@ impl Ports {
         self.open.keys().copied().collect()
     }
 
-    /// Starts accepting on `listener`, which [`bind`] made.
-    pub fn serve(&mut self, port: u16, listener: TcpListener, rt: Arc<Runtime>) {
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
-        let task = tokio::spawn(accept_loop(listener, port, rt));
-        if let Some((_, old)) = self.open.insert(port, (addr, task)) {
-            old.abort();
+    /// Starts accepting on `listeners`, which [`bind`] made.
+    pub fn serve(&mut self, port: u16, listeners: Listeners, rt: Arc<Runtime>) {
+        let addr = listeners.local_addr();
+        let tasks = rt.workers.serve(listeners, |listener| {
+            accept_loop(listener, port, rt.clone())
+        });
+        if let Some((_, old)) = self.open.insert(port, (addr, tasks)) {
+            old.iter().for_each(JoinHandle::abort);
         }
     }
 
-    /// Stops accepting on `port`; returns once its socket is closed.
+    /// Stops accepting on `port`; returns once its sockets are closed.
     pub async fn close(&mut self, port: u16) {
-        if let Some((addr, task)) = self.open.remove(&port) {
-            task.abort();
-            let _ = task.await;
+        if let Some((addr, tasks)) = self.open.remove(&port) {
+            tasks.iter().for_each(JoinHandle::abort);
+            for task in tasks {
+                let _ = task.await;
+            }
             tracing::info!("stopped listening on {addr}");
         }
     }
 }
 
-/// A listening socket for `addr`, not yet accepting.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    // Lets a port closed a moment ago open again while its old connections
-    // sit in TIME_WAIT; a port another socket listens on is still refused.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+/// The listening sockets for `addr` (one per worker), not yet accepting.
+pub fn bind(rt: &Runtime, addr: SocketAddr) -> io::Result<Listeners> {
+    rt.workers.bind(addr)
 }
 
 async fn accept_loop(listener: TcpListener, port: u16, rt: Arc<Runtime>) {

@@ -90,6 +90,11 @@ pub struct DataplaneArgs {
     /// path): splice, or the kernel path like a long-lived exchange.
     #[arg(long, value_enum, default_value = "splice")]
     pub bulk_path: BulkPath,
+    /// Threads serving connections, each with its own listening socket per
+    /// port (0: one per CPU). A connection stays on the thread that
+    /// accepted it.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub workers: usize,
 }
 
 /// Where `auto` sends bulk connections.
