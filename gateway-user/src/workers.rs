@@ -80,6 +80,10 @@ impl Workers {
             // connections sit in TIME_WAIT.
             socket.set_reuseaddr(true)?;
             socket.set_reuseport(true)?;
+            // Inherited by every accepted socket: the client's side has
+            // Nagle's algorithm off without a system call per connection
+            // (see `forward::no_delay`).
+            socket.set_nodelay(true)?;
             socket.bind(addr)?;
             let listener = socket.listen(BACKLOG)?;
             // The first socket chose the port the others join.

@@ -238,6 +238,63 @@ fn bulk_64mib_each_way_userspace() {
     assert_eq!(u64_of(&stats, &["bytes_spliced"]), 0, "{stats}");
 }
 
+/// A message sent in two writes a few milliseconds apart, each way: the
+/// gateway must pass the second write on at once, not hold it until the
+/// first is acknowledged (Nagle's algorithm, which then waits for the
+/// receiver's delayed ACK: 40 ms or more per message, seen on every
+/// dataplane before the gateway turned it off).
+#[test]
+fn small_writes_are_not_held_back_on_every_dataplane() {
+    use gateway_tests::scenarios::Backend;
+    use std::io::{Read, Write};
+    const HALF: usize = 100;
+    const ROUNDS: usize = 20;
+    let gap = Duration::from_millis(5);
+    // Send one message as two writes `gap` apart.
+    let send = move |s: &mut std::net::TcpStream, tag: u8| -> std::io::Result<()> {
+        s.write_all(&[tag; HALF])?;
+        std::thread::sleep(gap);
+        s.write_all(&[tag; HALF])
+    };
+    for dp in ["ebpf", "auto", "splice", "userspace"] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let backend = Backend::serve(l, move |mut s| {
+            let _ = s.set_nodelay(true);
+            let mut msg = [0u8; 2 * HALF];
+            while s.read_exact(&mut msg).is_ok() {
+                if send(&mut s, msg[0].wrapping_add(1)).is_err() {
+                    break;
+                }
+            }
+        });
+        let gw = Gateway::forward(backend.addr, dp, &[]);
+        let mut c = std::net::TcpStream::connect(gw.addr).expect("connect");
+        c.set_nodelay(true).expect("nodelay");
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut took = Vec::new();
+        for round in 0..ROUNDS {
+            let tag = (round * 2) as u8;
+            let start = std::time::Instant::now();
+            send(&mut c, tag).expect("send");
+            let mut reply = [0u8; 2 * HALF];
+            c.read_exact(&mut reply).expect("reply");
+            took.push(start.elapsed());
+            assert_eq!(reply, [tag + 1; 2 * HALF], "{dp}: round {round}");
+        }
+        drop(c);
+        took.sort();
+        // Two gaps of 5 ms, each way: about 10 ms. A held-back write adds a
+        // delayed ACK (at least 40 ms) in one direction or both.
+        let median = took[ROUNDS / 2];
+        assert!(
+            median < Duration::from_millis(30),
+            "{dp}: a message took {median:?} (median of {ROUNDS}): a write was held back"
+        );
+        drop(gw);
+    }
+}
+
 /// Istio's task: `(date; sleep 1) | nc GATEWAY 31400` gets `one <date>`.
 #[test]
 fn tcp_echo_line_with_half_close_on_every_dataplane() {
