@@ -99,7 +99,7 @@ impl Plan {
         if self == Plan::Full {
             lines.extend([
                 format!("backpressure\tGATEWAY_TEST_SCALE=10 /tests/datapath {t} backpressure"),
-                format!("forward-rest\t/tests/forward {t} --skip tcp_echo_line --skip auto_says --skip bulk_64mib_each_way_ebpf --skip bulk_64mib_each_way_auto --skip auto_moves --skip half_closed_connection_waits --skip kernel_facts"),
+                format!("forward-rest\t/tests/forward {t} --skip tcp_echo_line --skip auto_says --skip bulk_64mib_each_way_ebpf --skip bulk_64mib_each_way_auto --skip auto_moves --skip half_closed_connection_waits --skip kernel_facts --skip small_writes"),
                 format!("lifecycle\tGATEWAY_TEST_SCALE=10 /tests/lifecycle {t} --skip a_client_that_half_closed"),
                 format!("stress-rest\tGATEWAY_TEST_SCALE=10 /tests/stress {t} mixed_splice"),
             ]);
