@@ -111,6 +111,7 @@ impl DataplaneArgs {
             sndbuf: self.sndbuf,
             window: self.window,
             bulk_path: self.bulk_path,
+            pipe_bytes: splice::pipe_bytes(),
         }
     }
 }
@@ -129,6 +130,8 @@ pub struct Options {
     pub window: u64,
     /// Where `auto` moves bulk connections.
     pub bulk_path: BulkPath,
+    /// Size asked for each splice pipe (0: the kernel's default, 64 KiB).
+    pub pipe_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -265,7 +268,8 @@ impl Dataplane {
                         // See PROMOTE.
                         Stats::inc(&self.stats.connections_bulk_spliced);
                         Stats::inc(&self.stats.dataplane_splice);
-                        splice::relay(&self.stats, client, backend, entry).await
+                        splice::relay(&self.stats, self.opts.pipe_bytes, client, backend, entry)
+                            .await
                     }
                     copy::Outcome::Promote { read, .. } => {
                         Stats::inc(&self.stats.connections_promoted);
@@ -290,7 +294,7 @@ impl Dataplane {
             }
             _ => {
                 Stats::inc(&self.stats.dataplane_splice);
-                splice::relay(&self.stats, client, backend, entry).await
+                splice::relay(&self.stats, self.opts.pipe_bytes, client, backend, entry).await
             }
         };
         match &end {
@@ -338,7 +342,7 @@ impl Dataplane {
                 tracing::debug!("connection runs on splice: {e}");
                 Stats::inc(&self.stats.ebpf_fallback_splice);
                 Stats::inc(&self.stats.dataplane_splice);
-                splice::relay(&self.stats, client, backend, entry).await
+                splice::relay(&self.stats, self.opts.pipe_bytes, client, backend, entry).await
             }
         }
     }
