@@ -91,7 +91,7 @@ impl Contender {
         match self {
             Contender::Direct => "the client connects to the backend: no proxy".to_owned(),
             Contender::Gateway { dataplane, sndbuf } => format!(
-                "gateway forward --dataplane {dataplane}{}",
+                "gateway forward --dataplane {dataplane} --workers 1{}",
                 sndbuf.map_or_else(String::new, |b| format!(" --sndbuf {b}"))
             ),
             Contender::Haproxy => {
@@ -132,6 +132,9 @@ impl Contender {
                     .arg("--to")
                     .arg(target.to_string())
                     .args(["--dataplane", dataplane])
+                    // One thread serving connections, as HAProxy and nginx
+                    // get one (the default is one per CPU).
+                    .args(["--workers", "1"])
                     .args(["--no-check-targets", "--drain-timeout", "1s"])
                     .env("RUST_LOG", "info")
                     .env("NO_COLOR", "1");
