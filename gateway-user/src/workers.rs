@@ -5,10 +5,10 @@
 //! close, so no thread ever wakes another on its behalf.
 //!
 //! Measured on the connection-rate bench (2 cores, connect, 64 B, echo,
-//! close): the multi-threaded runtime, where the accepting thread hands each
-//! connection to another, spent about 20 µs more agent CPU per connection
-//! than this (89 against 68 µs; HAProxy 72), most of it the futex wake-up
-//! that hand-off costs.
+//! close): with the multi-threaded runtime, where the accepting thread
+//! handed each connection to another (a futex wake-up each), the agent spent
+//! 89 µs of CPU per connection; with this, 59 µs on one worker and 75 on two
+//! (HAProxy, one thread: 62).
 //!
 //! The control plane (configuration, the admin socket, signals) stays on the
 //! main thread's runtime; it only reaches the workers by spawning accept
