@@ -112,6 +112,24 @@ pub fn written(fd: &impl AsRawFd) -> io::Result<u64> {
     Ok(acked + outq(fd)?)
 }
 
+/// [`written`] of a socket nobody is writing to, exactly: the queue is read
+/// before and after the acknowledged count, and only a pair that agrees is
+/// taken. With no writes the sum is fixed and acknowledgements only move
+/// bytes from the queue to the count (both change together, under the
+/// socket's lock), so an unchanged queue means the count read between was
+/// taken with it. `None` if acknowledgements kept coming for every try.
+pub fn written_settled(fd: &impl AsRawFd) -> io::Result<Option<u64>> {
+    const TRIES: usize = 16;
+    for _ in 0..TRIES {
+        let before = outq(fd)?;
+        let acked = tcp_info(fd)?.bytes_acked;
+        if outq(fd)? == before {
+            return Ok(Some(acked + before));
+        }
+    }
+    Ok(None)
+}
+
 /// The socket's cookie: its key in every map.
 pub fn cookie(fd: &impl AsRawFd) -> io::Result<u64> {
     getsockopt::<u64>(fd, libc::SOL_SOCKET, libc::SO_COOKIE).map(|(c, _)| c)

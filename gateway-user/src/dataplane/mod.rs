@@ -251,12 +251,6 @@ impl Dataplane {
                     .await
             }
             (Kind::Adaptive, Some(kernel)) => {
-                // What each socket had taken before the copy path wrote to
-                // it: its send queue is empty, so `written` is just its
-                // acknowledged count (a SYN's worth on the side the agent
-                // connected), one read each.
-                let acked = |s: &TcpStream| crate::sys::tcp_info(s).map(|i| i.bytes_acked);
-                let start = (acked(&client), acked(&backend));
                 match copy::run(&self.stats, &client, &backend, Some(PROMOTE)).await {
                     copy::Outcome::Ended(result) => {
                         Stats::inc(&self.stats.dataplane_userspace);
@@ -273,11 +267,19 @@ impl Dataplane {
                     }
                     copy::Outcome::Promote { read, .. } => {
                         Stats::inc(&self.stats.connections_promoted);
-                        // Bytes read from the backend were written to the
-                        // client, and the other way round.
-                        let written = match start {
-                            (Ok(c), Ok(b)) => Some([c + read[1], b + read[0]]),
-                            _ => None,
+                        // What each socket has taken, read now that the
+                        // copy path writes no more: exact (see
+                        // `written_settled`), where a plain read under
+                        // acknowledgements could miss a segment. Read here,
+                        // not before the first write, so that the many
+                        // connections that never move pay nothing for it.
+                        let settled = |s: &TcpStream| crate::sys::written_settled(s).ok().flatten();
+                        let written = match (settled(&client), settled(&backend)) {
+                            (Some(c), Some(b)) => Some([c, b]),
+                            _ => {
+                                tracing::debug!("moving a connection: its sockets' counters did not settle; measuring them on the kernel path");
+                                None
+                            }
                         };
                         let before = ebpf::Before { read, written };
                         self.in_kernel(kernel, client, backend, entry, before).await
