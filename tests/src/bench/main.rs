@@ -5,7 +5,8 @@
 //! Figures: bulk throughput with 1 and 8 connections (iperf3), 64-byte round
 //! trips (p50, p99), new connections per second, the whole system's CPU time
 //! per GB moved, and the memory 10,000 idle connections take (the proxy's
-//! RSS, the kernel's slab). Contenders are interleaved in every repetition,
+//! RSS, the kernel's slab). Contenders are interleaved in every repetition
+//! (in an order that rotates from one repetition to the next),
 //! so drift on the machine spreads over all of them; each figure is the
 //! median over repetitions, with its range. Nothing passes or fails on a
 //! number: the bench measures and reports, in `target/bench/` (results.md,
@@ -350,7 +351,13 @@ fn run_layout(layout: Layout, plan: &Plan, tools: &Tools) -> anyhow::Result<Layo
         .map(|c| ContenderResult::new(c.name(), c.describe()))
         .collect();
     for rep in 0..plan.reps {
-        for (c, result) in contenders.iter().zip(&mut results) {
+        // Each repetition starts one contender further on (A B C, B C A,
+        // C A B, ...): what one run leaves in the namespace (tens of
+        // thousands of TIME-WAIT sockets after a connection-rate run) falls
+        // on a different successor each time.
+        let n = contenders.len();
+        for i in (0..n).map(|k| (k + rep) % n) {
+            let (c, result) = (&contenders[i], &mut results[i]);
             backends.check_alive()?;
             let t = Instant::now();
             let sample = measure(*c, rep, &place, &backends, plan, tools);

@@ -323,7 +323,7 @@ pub fn markdown(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "{} run: {} repetitions, contenders interleaved in each (A B C … A B C …); \
+        "{} run: {} repetitions, contenders interleaved in each, each repetition starting one further on (A B C, B C A, C A B, …); \
          each cell is the median over repetitions with (min–max). Bulk: iperf3, {} s per run, \
          client to server. Round trips: {} per run, 64 B each way, one connection, TCP_NODELAY. \
          New connections: 8 clients for {} s, each connecting, sending 64 B, reading the echo, \
