@@ -161,16 +161,11 @@ struct Shared {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let what = listener
+        .local_addr()
+        .map_or_else(|_| "the listening socket".to_owned(), |a| a.to_string());
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: back off rather than spin.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (client, peer) = crate::workers::accept(&listener, &what).await;
         Stats::inc(&shared.stats.connections_accepted);
         let s = shared.clone();
         shared.tasks.spawn(async move {

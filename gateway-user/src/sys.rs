@@ -86,11 +86,11 @@ pub fn outq(fd: &impl AsRawFd) -> io::Result<u64> {
 
 /// The inode of the file `fd` is (a socket's, as `/proc/net/tcp` shows it).
 pub fn inode(fd: &impl AsRawFd) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    // SAFETY: the borrow keeps the descriptor open for the call.
-    let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
-    let meta = std::fs::File::from(file.try_clone_to_owned()?).metadata()?;
-    Ok(meta.ino())
+    // SAFETY: all-zero is a valid `stat`, which fstat fills.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` lives for the call.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.st_ino)
 }
 
 /// Bytes in the receive queue not read yet (`SIOCINQ`).

@@ -16,7 +16,7 @@
 use std::{io, net::SocketAddr, num::NonZeroUsize, thread};
 
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    net::{TcpListener, TcpSocket, TcpStream},
     runtime::Handle,
     sync::oneshot,
     task::JoinHandle,
@@ -174,6 +174,20 @@ fn parse_listener(line: &str) -> Option<(SocketAddr, u64)> {
     };
     let inode = fields.get(9)?.parse().ok()?;
     Some((SocketAddr::new(ip, port), inode))
+}
+
+/// The next connection on `listener`. A failed accept (EMFILE and friends)
+/// is logged and retried after a pause rather than in a spin.
+pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!("accept on {what} failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// Pending connections per listening socket before the kernel refuses more.

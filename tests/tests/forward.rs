@@ -391,7 +391,7 @@ fn fails_clearly_when_another_gateway_has_the_port() {
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let to = format!("127.0.0.1:{echo_port}");
-    let first = Gateway::start(&["forward", "--listen", "127.0.0.1:0", "--to", &to]);
+    let first = Gateway::forward(([127, 0, 0, 1], echo_port).into(), "auto", &[]);
     let addr = first.addr.to_string();
     let (code, err) = gateway_fails(&["forward", "--listen", &addr, "--to", &to], None);
     assert_one_line_error(code, &err, "address already in use");
@@ -412,16 +412,11 @@ fn fails_clearly_when_another_gateway_has_the_port() {
 fn connections_are_spread_over_the_workers() {
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
-    let to = format!("127.0.0.1:{echo_port}");
-    let gw = Gateway::start(&[
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &to,
-        "--workers",
-        "3",
-    ]);
+    let gw = Gateway::forward(
+        ([127, 0, 0, 1], echo_port).into(),
+        "auto",
+        &["--workers", "3"],
+    );
     let waits = |gw: &Gateway| -> Vec<u64> {
         let mut w: Vec<(String, u64)> = gw
             .thread_waits()

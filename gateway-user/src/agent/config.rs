@@ -15,7 +15,7 @@ use std::{
 };
 
 use super::{
-    ports::{self, Ports},
+    ports::Ports,
     state::{same, Overlay, StateDir},
     table::Table,
     Runtime,
@@ -245,7 +245,7 @@ impl Controller {
                 continue;
             }
             let addr = SocketAddr::new(self.listen, l.port);
-            match ports::bind(&self.rt, addr) {
+            match self.rt.workers.bind(addr) {
                 Ok(listener) => fresh.push((l, addr, listener)),
                 Err(e) => problems.push(Diagnostic::new(
                     Some(&l.origin),

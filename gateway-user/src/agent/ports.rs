@@ -3,7 +3,7 @@
 //! no Gateway wants them. Each port has a listening socket and an accept
 //! loop on every worker (see `crate::workers`). Closing stops accepting; the
 //! connections already accepted are tasks of their own and go on.
-use std::{collections::BTreeMap, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 
@@ -24,7 +24,7 @@ impl Ports {
         self.open.keys().copied().collect()
     }
 
-    /// Starts accepting on `listeners`, which [`bind`] made.
+    /// Starts accepting on `listeners` (from `Workers::bind`).
     pub fn serve(&mut self, port: u16, listeners: Listeners, rt: Arc<Runtime>) {
         let addr = listeners.local_addr();
         let tasks = rt.workers.serve(listeners, |listener| {
@@ -47,22 +47,10 @@ impl Ports {
     }
 }
 
-/// The listening sockets for `addr` (one per worker), not yet accepting.
-pub fn bind(rt: &Runtime, addr: SocketAddr) -> io::Result<Listeners> {
-    rt.workers.bind(addr)
-}
-
 async fn accept_loop(listener: TcpListener, port: u16, rt: Arc<Runtime>) {
+    let what = format!("port {port}");
     loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: back off rather than spin.
-                tracing::warn!("accept on port {port} failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (client, peer) = crate::workers::accept(&listener, &what).await;
         Stats::inc(&rt.stats.connections_accepted);
         // The route is taken now and kept for the connection's life.
         let Some(route) = rt.table().route(port) else {

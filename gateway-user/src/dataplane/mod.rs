@@ -277,7 +277,7 @@ impl Dataplane {
                         let written = match (settled(&client), settled(&backend)) {
                             (Some(c), Some(b)) => Some([c, b]),
                             _ => {
-                                tracing::debug!("moving a connection: its sockets' counters did not settle; measuring them on the kernel path");
+                                tracing::debug!("moved connection: counters unsettled, measured on the kernel path");
                                 None
                             }
                         };
