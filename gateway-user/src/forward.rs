@@ -1,5 +1,6 @@
 //! `gateway forward`: one route, round robin over its targets.
 use std::{
+    io,
     net::{SocketAddr, ToSocketAddrs},
     sync::{
         atomic::{AtomicUsize, Ordering::Relaxed},
@@ -9,7 +10,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::Interest,
+    net::{TcpListener, TcpStream},
+};
 
 use crate::{
     dataplane::{self, Dataplane},
@@ -43,16 +47,6 @@ pub struct Args {
     pub drain_timeout: Duration,
 }
 
-/// Turns Nagle's algorithm off: a relay must not hold back a small write
-/// while an earlier one is unacknowledged. With it on, a client that sends a
-/// request in two writes waited for the backend's delayed ACK: 40 ms per
-/// request on every dataplane (the kernel path's psock worker sends through
-/// the same TCP code).
-pub(crate) fn no_delay(s: TcpStream) -> std::io::Result<TcpStream> {
-    s.set_nodelay(true)?;
-    Ok(s)
-}
-
 fn resolve(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     targets
         .iter()
@@ -65,16 +59,38 @@ fn resolve(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
         .collect()
 }
 
-/// Connects to a backend, with Nagle's algorithm off like the client's side
-/// (see [`crate::workers::Workers::bind`]).
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(r) => r.and_then(no_delay),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        )),
+/// Connects to a backend within `timeout`.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, connecting(addr)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
     }
+}
+
+/// Connects to a backend, with Nagle's algorithm off like the client's side
+/// (see [`crate::workers::Workers::bind`]): a relay must not hold back a
+/// small write while an earlier one is unacknowledged. With it on, a client
+/// that sends a request in two writes waited for the backend's delayed ACK:
+/// 40 ms per request on every dataplane (the kernel path's psock worker
+/// sends through the same TCP code).
+///
+/// The outcome is read from the readiness alone: a socket whose connect
+/// failed is write-closed (`EPOLLHUP`, or `EPOLLERR` with `EPOLLOUT`), one
+/// that connected is only writable; the error itself is asked for only on
+/// failure. (tokio's own connect asks for it every time: one `getsockopt`
+/// per connection.)
+pub(crate) async fn connecting(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::from_std(crate::sys::connect_start(addr)?)?;
+    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
+    if ready.is_write_closed() || ready.is_error() {
+        return Err(crate::sys::take_error(&stream)?.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed while connecting",
+            )
+        }));
+    }
+    Ok(stream)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

@@ -212,6 +212,70 @@ pub fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Starts a connection to `addr`: a non-blocking TCP socket with Nagle's
+/// algorithm off, its `connect` in progress (or done). The caller learns the
+/// outcome from the socket's readiness.
+pub fn connect_start(addr: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; the descriptor it returns is owned below.
+    let fd = check(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` was just created and belongs to no one else.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    setsockopt(
+        &stream,
+        libc::IPPROTO_TCP,
+        libc::TCP_NODELAY,
+        1 as libc::c_int,
+    )?;
+    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        std::net::SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any
+            // address family's sockaddr.
+            let sin = unsafe { &mut *std::ptr::from_mut(&mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        std::net::SocketAddr::V6(a) => {
+            // SAFETY: as above.
+            let sin6 =
+                unsafe { &mut *std::ptr::from_mut(&mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: `storage` holds a sockaddr of `len` bytes for the call.
+    let ret = unsafe {
+        libc::connect(
+            stream.as_raw_fd(),
+            std::ptr::from_ref(&storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    match check(ret) {
+        Ok(_) => Ok(stream),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(stream),
+        Err(e) => Err(e),
+    }
+}
+
 /// A pipe for splice(2): `(read end, write end)`, non-blocking.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

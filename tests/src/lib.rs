@@ -239,6 +239,40 @@ impl Gateway {
         Duration::from_millis((fields[0] + fields[1]) * 1000 / hz)
     }
 
+    /// Every pipe the gateway holds open (`pipe:[inode]`) and its size,
+    /// whichever of its ends are open.
+    pub fn pipes(&self) -> std::collections::BTreeMap<String, usize> {
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = format!("/proc/{}/fd", self.process.pid());
+        let mut pipes = std::collections::BTreeMap::new();
+        for fd in std::fs::read_dir(&dir).expect("read the gateway's fds") {
+            let path = fd.expect("an fd").path();
+            let Ok(target) = std::fs::read_link(&path) else {
+                continue;
+            };
+            let target = target.to_string_lossy().into_owned();
+            if !target.starts_with("pipe:") || pipes.contains_key(&target) {
+                continue;
+            }
+            // Opening a pipe through /proc opens the pipe itself, like a
+            // FIFO; non-blocking, so that a pipe without a writer does not
+            // wait for one.
+            let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+            else {
+                continue;
+            };
+            // SAFETY: F_GETPIPE_SZ takes no argument; the fd is open.
+            let size = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETPIPE_SZ) };
+            assert!(size > 0, "F_GETPIPE_SZ on {}: {size}", path.display());
+            pipes.insert(target, size as usize);
+        }
+        pipes
+    }
+
     /// The gateway's threads: name and how many times each has gone to
     /// sleep waiting for something (voluntary context switches).
     pub fn thread_waits(&self) -> Vec<(String, u64)> {

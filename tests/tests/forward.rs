@@ -295,6 +295,81 @@ fn small_writes_are_not_held_back_on_every_dataplane() {
     }
 }
 
+/// A splice connection's pipes start at the kernel's 64 KiB; the one a
+/// bulk direction fills grows (to 1 MiB, where the per-user pipe limits do
+/// not bind the gateway), the other stays small: idle and chatty
+/// connections do not pay for big pipes.
+#[test]
+fn splice_pipes_grow_only_where_a_splice_fills_them() {
+    use std::io::{Read, Write};
+    const SMALL: usize = 64 << 10;
+    // What `splice::pipe_bytes` asks for with the capabilities this test
+    // (and so the gateway it starts) has.
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapEff");
+    let exempt = caps & (1 << 21 | 1 << 24) != 0;
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .expect("pipe-max-size")
+        .trim()
+        .parse()
+        .expect("a size");
+    let big = if exempt { max.min(1 << 20) } else { SMALL };
+
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gw = Gateway::forward(l.local_addr().expect("addr"), "splice", &[]);
+    // The sizes of the pipes opened since start (the gateway may have
+    // inherited some, a build tool's jobserver for one), smallest first.
+    let inherited = gw.pipes();
+    let pipe_sizes = || -> Vec<usize> {
+        let mut sizes: Vec<usize> = gw
+            .pipes()
+            .into_iter()
+            .filter(|(pipe, _)| !inherited.contains_key(pipe))
+            .map(|(_, size)| size)
+            .collect();
+        sizes.sort_unstable();
+        sizes
+    };
+    let mut client = std::net::TcpStream::connect(gw.addr).expect("connect");
+    let (mut server, _) = l.accept().expect("accept");
+    server
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // A message each way: the two pipes exist, neither filled.
+    let mut buf = vec![0u8; 1024];
+    client.write_all(&buf).expect("client write");
+    server.read_exact(&mut buf).expect("server read");
+    server.write_all(&buf).expect("server write");
+    client.read_exact(&mut buf).expect("client read");
+    assert_eq!(pipe_sizes(), [SMALL, SMALL], "before any bulk");
+
+    // 16 MiB client -> backend, with the backend not reading for a while:
+    // the client's bytes pile up in the gateway's receive queue, so the
+    // splices after the backend starts reading fill the pipe.
+    const LEN: usize = 16 << 20;
+    let writer = std::thread::spawn(move || {
+        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        client.write_all(&data).map(|()| client)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = vec![0u8; LEN];
+    server.read_exact(&mut got).expect("server bulk read");
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+        "bytes differ"
+    );
+    let _client = writer.join().expect("writer").expect("client bulk write");
+    assert_eq!(
+        pipe_sizes(),
+        [SMALL, big],
+        "after 16 MiB one way (capabilities {caps:x}, pipe-max-size {max})"
+    );
+}
+
 /// Istio's task: `(date; sleep 1) | nc GATEWAY 31400` gets `one <date>`.
 #[test]
 fn tcp_echo_line_with_half_close_on_every_dataplane() {

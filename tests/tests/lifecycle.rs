@@ -80,6 +80,38 @@ fn a_refused_backend_makes_the_connection_try_the_next() {
     }
 }
 
+/// IPv6 on both sides, on every dataplane: the gateway dials the backend
+/// with its own socket code (`sys::connect_start`), one sockaddr layout per
+/// family.
+#[test]
+fn ipv6_clients_and_backends_are_served_on_every_dataplane() {
+    let Ok(l) = TcpListener::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback here: nothing to test");
+        return;
+    };
+    let backend = Backend::echo(l);
+    let to = backend.addr.to_string();
+    for dp in ["ebpf", "auto", "splice", "userspace"] {
+        let gw = Gateway::start(&[
+            "forward",
+            "--listen",
+            "[::1]:0",
+            "--to",
+            &to,
+            "--dataplane",
+            dp,
+        ]);
+        assert!(gw.addr.is_ipv6(), "{}", gw.addr);
+        // A message, and enough for auto to move the connection.
+        for len in [1000, 1 << 20] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            assert_eq!(echo_round(gw.addr, &data).expect("echo"), data, "{dp}");
+        }
+        let stats = gw.stop();
+        assert_eq!(counter(&stats, "connections_completed"), 2, "{dp}: {stats}");
+    }
+}
+
 #[test]
 fn without_a_backend_the_client_is_closed_at_once_and_counted() {
     let dead = format!("127.0.0.1:{}", free_port());

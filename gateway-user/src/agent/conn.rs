@@ -82,10 +82,7 @@ async fn dial(ep: &Endpoint, timeout: Duration) -> io::Result<TcpStream> {
             let attempt = async {
                 let mut last = None;
                 for addr in tokio::net::lookup_host((name.as_str(), ep.port)).await? {
-                    match TcpStream::connect(addr)
-                        .await
-                        .and_then(crate::forward::no_delay)
-                    {
+                    match crate::forward::connecting(addr).await {
                         Ok(s) => return Ok(s),
                         Err(e) => last = Some(e),
                     }
