@@ -295,14 +295,17 @@ fn small_writes_are_not_held_back_on_every_dataplane() {
     }
 }
 
-/// A splice connection's pipes start at the kernel's 64 KiB; the one a
-/// bulk direction fills grows (to 1 MiB, where the per-user pipe limits do
-/// not bind the gateway), the other stays small: idle and chatty
-/// connections do not pay for big pipes.
+/// On splice, a direction holds a pipe only while it has bytes to move:
+/// taken from the worker's pool when bytes arrive, given back once the
+/// source is drained. Fifty connections, idle and then after a message
+/// each way, hold no pipe of their own; the one pipe in the pool stays at
+/// the kernel's 64 KiB until a splice fills it, then grows (to 1 MiB where
+/// the per-user pipe limits do not bind the gateway).
 #[test]
-fn splice_pipes_grow_only_where_a_splice_fills_them() {
+fn splice_pipes_are_held_only_while_bytes_move() {
     use std::io::{Read, Write};
     const SMALL: usize = 64 << 10;
+    const CONNS: usize = 50;
     // What `splice::pipe_bytes` asks for with the capabilities this test
     // (and so the gateway it starts) has.
     let status = std::fs::read_to_string("/proc/self/status").expect("status");
@@ -320,7 +323,8 @@ fn splice_pipes_grow_only_where_a_splice_fills_them() {
     let big = if exempt { max.min(1 << 20) } else { SMALL };
 
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let gw = Gateway::forward(l.local_addr().expect("addr"), "splice", &[]);
+    // One worker: one pool.
+    let gw = Gateway::forward(l.local_addr().expect("addr"), "splice", &["--workers", "1"]);
     // The sizes of the pipes opened since start (the gateway may have
     // inherited some, a build tool's jobserver for one), smallest first.
     let inherited = gw.pipes();
@@ -334,23 +338,41 @@ fn splice_pipes_grow_only_where_a_splice_fills_them() {
         sizes.sort_unstable();
         sizes
     };
-    let mut client = std::net::TcpStream::connect(gw.addr).expect("connect");
-    let (mut server, _) = l.accept().expect("accept");
-    server
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    // A message each way: the two pipes exist, neither filled.
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        let client = std::net::TcpStream::connect(gw.addr).expect("connect");
+        let (server, _) = l.accept().expect("accept");
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        conns.push((client, server));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // (tokio marks an accepted socket readable before any event: the first
+    // splice may take a pipe, find nothing and give it back to the pool.)
+    let idle = pipe_sizes();
+    assert!(
+        idle.len() <= 1,
+        "{CONNS} connections, nothing sent: {idle:?}"
+    );
     let mut buf = vec![0u8; 1024];
-    client.write_all(&buf).expect("client write");
-    server.read_exact(&mut buf).expect("server read");
-    server.write_all(&buf).expect("server write");
-    client.read_exact(&mut buf).expect("client read");
-    assert_eq!(pipe_sizes(), [SMALL, SMALL], "before any bulk");
+    for (client, server) in &mut conns {
+        client.write_all(&buf).expect("client write");
+        server.read_exact(&mut buf).expect("server read");
+        server.write_all(&buf).expect("server write");
+        client.read_exact(&mut buf).expect("client read");
+    }
+    assert_eq!(pipe_sizes(), [SMALL], "after a message each way on each");
 
-    // 16 MiB client -> backend, with the backend not reading for a while:
-    // the client's bytes pile up in the gateway's receive queue, so the
-    // splices after the backend starts reading fill the pipe.
+    // 16 MiB client -> backend on one connection, with the backend not
+    // reading for a while: the client's bytes pile up in the gateway's
+    // receive queue, so the splices after the backend starts reading fill
+    // the pipe.
     const LEN: usize = 16 << 20;
+    let (mut client, mut server) = conns.pop().expect("a connection");
     let writer = std::thread::spawn(move || {
         let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
         client.write_all(&data).map(|()| client)
@@ -363,9 +385,10 @@ fn splice_pipes_grow_only_where_a_splice_fills_them() {
         "bytes differ"
     );
     let _client = writer.join().expect("writer").expect("client bulk write");
+    std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
         pipe_sizes(),
-        [SMALL, big],
+        [big],
         "after 16 MiB one way (capabilities {caps:x}, pipe-max-size {max})"
     );
 }
