@@ -106,6 +106,9 @@ pub fn lint() -> anyhow::Result<()> {
         "--exclude",
         "gateway-ebpf",
         "--all-targets",
+        // The bench binary too (`cargo xtask bench`).
+        "--features",
+        "gateway-tests/bench",
         "--",
         "--deny",
         "warnings",
@@ -140,7 +143,9 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
     }
     run(cargo().args(["build", "--package", "gateway-user"]))?;
     let mut cmd = cargo();
+    // The bench binary's own unit tests (parsing, report) too.
     cmd.args(["test", "--workspace", "--exclude", "gateway-ebpf"])
+        .args(["--features", "gateway-tests/bench"])
         .args(args)
         .current_dir(root())
         .stdout(Stdio::piped());

@@ -373,7 +373,7 @@ mod tests {
         for c in ALL {
             assert_eq!(Contender::by_name(c.name()), Some(c));
         }
-        assert_eq!(Contender::by_name("auto"), None);
+        assert_eq!(Contender::by_name("fastest"), None);
     }
 
     #[test]

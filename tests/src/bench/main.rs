@@ -493,8 +493,12 @@ fn measure(
     }
     match c.start(tools, place, backends.echo) {
         Ok(mut ep) => {
+            let before = sys::cpu_ticks().ok();
             match load::round_trips(place, ep.addr, plan.round_trips) {
                 Ok(r) => {
+                    if let (Some(before), Ok(after)) = (before, sys::cpu_ticks()) {
+                        s.metrics.insert(RR_STEAL, after.steal_pct_since(&before));
+                    }
                     s.metrics.insert(RR_P50, r.p50_us);
                     s.metrics.insert(RR_P99, r.p99_us);
                     s.metrics.insert("rr_mean_us", r.mean_us);

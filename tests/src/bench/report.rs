@@ -54,6 +54,9 @@ pub const KERNEL_SHARE: &str = "bulk_kernel_pct";
 pub const IDLE_CONNS: &str = "idle_conns";
 pub const IDLE_RSS: &str = "idle_rss_mib";
 pub const IDLE_KERNEL: &str = "idle_kernel_mib";
+/// Not a row: the host's steal time during the round-trip run, in percent
+/// of all CPU time (see [`steal_paragraph`]).
+pub const RR_STEAL: &str = "rr_steal_pct";
 
 /// The table's rows, in order. Samples carry more keys (raw counts,
 /// retransmits, means); those are in results.json only.
@@ -433,7 +436,49 @@ fn layout(md: &mut String, l: &LayoutResult) {
     if !notes.is_empty() {
         let _ = writeln!(md, "\nNotes:\n\n{}", notes.join("\n"));
     }
+    if let Some(p) = steal_paragraph(l) {
+        let _ = writeln!(md, "\n{p}");
+    }
     let _ = writeln!(md, "\n({:.0} s for this layout.)\n", l.seconds);
+}
+
+/// How much of the round-trip runs' time the hypervisor took from this
+/// machine's CPUs (steal), and the tails of the runs with the least and the
+/// most of it: a virtual CPU taken away stalls every round trip in flight,
+/// whichever proxy carries it. The tail is p99 / p50 of a run, so that the
+/// runs of all contenders can be pooled.
+pub fn steal_paragraph(l: &LayoutResult) -> Option<String> {
+    let mut runs: Vec<(f64, f64)> = l
+        .contenders
+        .iter()
+        .flat_map(|c| &c.samples)
+        .filter_map(|s| {
+            let steal = *s.metrics.get(RR_STEAL)?;
+            let tail = s.metrics.get(RR_P99)? / s.metrics.get(RR_P50)?;
+            Some((steal, tail))
+        })
+        .collect();
+    if runs.len() < 4 {
+        return None;
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let half = runs.len() / 2;
+    let steal: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let tails = |part: &[(f64, f64)]| {
+        Summary::of(&part.iter().map(|r| r.1).collect::<Vec<_>>()).map_or(f64::NAN, |s| s.median)
+    };
+    let all = Summary::of(&steal)?;
+    Some(format!(
+        "Steal (CPU time the hypervisor gave to others) during the {} round-trip runs: \
+         median {:.2}%, up to {:.2}%. p99 / p50 of the runs with the least steal (up to \
+         {:.2}%): {:.2}; with the most: {:.2}.",
+        runs.len(),
+        all.median,
+        all.max,
+        steal[half - 1],
+        tails(&runs[..half]),
+        tails(&runs[runs.len() - half..]),
+    ))
 }
 
 pub fn arrow(m: &Metric) -> &'static str {
@@ -483,5 +528,44 @@ mod tests {
         assert_eq!(cell(&c, &METRICS[0]), "2.00 (1.00–3.00)");
         assert_eq!(cell(&c, &METRICS[1]), "failed");
         assert_eq!(cell(&c, &METRICS[2]), "—");
+    }
+
+    #[test]
+    fn steal_splits_the_round_trip_runs_in_halves() {
+        let mut c = ContenderResult::new("x", String::new());
+        // (steal %, p50, p99): the runs with more steal have longer tails.
+        for (rep, (steal, p50, p99)) in [
+            (0.0, 20.0, 40.0),
+            (2.0, 20.0, 200.0),
+            (0.1, 30.0, 60.0),
+            (1.5, 30.0, 300.0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut s = Sample {
+                rep,
+                ..Sample::default()
+            };
+            s.metrics.insert(RR_STEAL, steal);
+            s.metrics.insert(RR_P50, p50);
+            s.metrics.insert(RR_P99, p99);
+            c.samples.push(s);
+        }
+        let l = LayoutResult {
+            name: "lo",
+            description: "",
+            seconds: 0.0,
+            contenders: vec![c],
+        };
+        let p = steal_paragraph(&l).expect("four runs");
+        assert!(
+            p.contains("4 round-trip runs: median 0.80%, up to 2.00%"),
+            "{p}"
+        );
+        assert!(
+            p.contains("least steal (up to 0.10%): 2.00; with the most: 10.00"),
+            "{p}"
+        );
     }
 }

@@ -10,24 +10,54 @@ use anyhow::Context as _;
 /// behalf of sockets (softirq, the verdict program) is charged here, not to
 /// the process that owns the socket.
 pub fn busy_ticks() -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
-    parse_busy(&stat).context("/proc/stat has no `cpu` line")
+    Ok(cpu_ticks()?.busy())
 }
 
-fn parse_busy(stat: &str) -> Option<u64> {
+/// The whole system's CPU time so far, all CPUs, by what it went to
+/// (`/proc/stat`'s `cpu` line, clock ticks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// user, nice, system, idle, iowait, irq, softirq, steal.
+    fields: [u64; 8],
+}
+
+impl CpuTicks {
+    fn busy(&self) -> u64 {
+        [0, 1, 2, 5, 6].iter().map(|&i| self.fields[i]).sum()
+    }
+
+    /// Time the hypervisor gave this machine's virtual CPUs to someone
+    /// else while they had work.
+    pub fn steal(&self) -> u64 {
+        self.fields[7]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.fields.iter().sum()
+    }
+
+    /// Steal as a share of all CPU time since `before`, in percent.
+    pub fn steal_pct_since(&self, before: &CpuTicks) -> f64 {
+        let total = self.total().saturating_sub(before.total());
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal().saturating_sub(before.steal()) as f64 * 100.0 / total as f64
+    }
+}
+
+pub fn cpu_ticks() -> anyhow::Result<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    parse_cpu(&stat).context("/proc/stat has no `cpu` line")
+}
+
+fn parse_cpu(stat: &str) -> Option<CpuTicks> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    Some(
-        [0, 1, 2, 5, 6]
-            .iter()
-            .map(|&i| v.get(i).copied().unwrap_or(0))
-            .sum(),
-    )
+    let mut t = CpuTicks::default();
+    for (field, v) in t.fields.iter_mut().zip(line.split_whitespace().skip(1)) {
+        *field = v.parse().unwrap_or(0);
+    }
+    Some(t)
 }
 
 /// Clock ticks per second (`/proc/stat`'s unit).
@@ -197,7 +227,12 @@ mod tests {
     #[test]
     fn proc_files() {
         let stat = "cpu  10 2 30 1000 5 6 7 8 0 0\ncpu0 1 1 1 1 1 1 1 1 0 0\n";
-        assert_eq!(parse_busy(stat), Some(10 + 2 + 30 + 6 + 7));
+        let t = parse_cpu(stat).expect("a cpu line");
+        assert_eq!(t.busy(), 10 + 2 + 30 + 6 + 7);
+        assert_eq!(t.steal(), 8);
+        assert_eq!(t.total(), 10 + 2 + 30 + 1000 + 5 + 6 + 7 + 8);
+        let later = parse_cpu("cpu  20 2 30 1060 5 6 7 18 0 0\n").expect("a cpu line");
+        assert!((later.steal_pct_since(&t) - 12.5).abs() < 1e-9);
         let sockstat = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 1 alloc 4 mem 12\n";
         assert_eq!(parse_tcp_mem(sockstat), Some(12));
     }
