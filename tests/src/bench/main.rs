@@ -143,7 +143,9 @@ impl Plan {
                 quick: false,
                 reps,
                 bulk_secs: 4,
-                round_trips: 20_000,
+                // About 4-5 s: a run's p99 swings between two modes from one second
+                // to the next on the machine measured (README, Performance).
+                round_trips: 100_000,
                 conn_clients: 8,
                 conn_secs: 3.0,
                 idle_target: 10_000,
