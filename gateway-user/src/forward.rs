@@ -80,7 +80,14 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
 /// failure. (tokio's own connect asks for it every time: one `getsockopt`
 /// per connection.)
 pub(crate) async fn connecting(addr: SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::from_std(crate::sys::connect_start(addr)?)?;
+    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
+    // mio's connect starts it (non-blocking, close-on-exec) and returns.
+    let started = mio::net::TcpStream::connect(addr)?;
+    started.set_nodelay(true)?;
+    // SAFETY: the descriptor moves from mio's stream, which gives it up, to
+    // std's, which owns it from here.
+    let started = unsafe { std::net::TcpStream::from_raw_fd(started.into_raw_fd()) };
+    let stream = TcpStream::from_std(started)?;
     let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
     if ready.is_write_closed() || ready.is_error() {
         return Err(crate::sys::take_error(&stream)?.unwrap_or_else(|| {

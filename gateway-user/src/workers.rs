@@ -22,25 +22,6 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// How far ahead a worker always has a timer due (see [`timer_floor`]).
-const TIMER_FLOOR: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Keeps a timer due within [`TIMER_FLOOR`] on the worker, for ever.
-///
-/// tokio's timer writes to the runtime's wake-up eventfd whenever a timer is
-/// set to fall due before every timer the runtime knew of when it last went
-/// to sleep, and with none pending that is every timer. Each connection sets
-/// one (the backend's connect timeout) and almost always cancels it within
-/// microseconds: one `write` per connection, 1 of the 20 system calls a
-/// short connection costs (strace, connection-rate bench). With this timer
-/// always due first, a connect timeout of a second or more never wakes
-/// anything; the price is one wake-up per second per worker.
-async fn timer_floor() {
-    loop {
-        tokio::time::sleep(TIMER_FLOOR).await;
-    }
-}
-
 /// The worker threads. Dropping this stops them (and drops every task
 /// still on them).
 pub struct Workers {
@@ -64,7 +45,6 @@ impl Workers {
             handles.push(runtime.handle().clone());
             let (stop, stopped) = oneshot::channel::<()>();
             stops.push(stop);
-            runtime.spawn(timer_floor());
             thread::Builder::new()
                 .name(format!("worker-{i}"))
                 .spawn(move || {

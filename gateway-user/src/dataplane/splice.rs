@@ -66,60 +66,56 @@ async fn one_way(
     // between messages holds no pipe: with a pipe per direction for the
     // connection's life, a 20,000-descriptor limit held 3,330 connections
     // (6 descriptors each) instead of 10,000.
-    let mut pipe: Option<Pipe> = None;
+    let mut held: Option<Pipe> = None;
     loop {
-        let n = loop {
+        let (n, mut pipe) = loop {
             src.readable().await?;
-            let p = match &mut pipe {
+            let pipe = match held.take() {
                 Some(p) => p,
-                None => pipe.insert(Pipe::take()?),
+                None => Pipe::take()?,
             };
             match src.try_io(Interest::READABLE, || {
-                crate::sys::splice(src.as_fd(), p.w.as_fd(), CHUNK)
+                crate::sys::splice(src.as_fd(), pipe.w.as_fd(), CHUNK)
             }) {
-                Ok(n) => break n,
+                Ok(n) => break (n, pipe),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Nothing more for now (or tokio's guess that an
                     // accepted socket has bytes was wrong): the empty pipe
                     // goes back.
-                    if let Some(p) = pipe.take() {
-                        p.give_back();
-                    }
+                    pipe.give_back();
                     continue;
                 }
                 Err(e) => return Err(e),
             }
         };
         if n == 0 {
-            if let Some(p) = pipe.take() {
-                p.give_back();
-            }
+            pipe.give_back();
             crate::sys::shutdown_write(dst)?;
             return Ok(());
         }
-        let Some(p) = &mut pipe else {
-            unreachable!("a splice just filled the pipe");
-        };
         // A pipe grows once a splice fills it: a connection that never
         // moves 64 KiB at once keeps a small one (3,330 idle connections
         // held 98 MiB more kernel memory with every pipe big).
-        if n >= p.size && p.size < pipe_bytes {
+        if n >= pipe.size && pipe.size < pipe_bytes {
             // Best effort: a pipe that stays small still works.
-            if let Ok(size) = crate::sys::set_pipe_size(&p.w, pipe_bytes) {
-                p.size = size;
+            if let Ok(size) = crate::sys::set_pipe_size(&pipe.w, pipe_bytes) {
+                pipe.size = size;
             }
         }
+        // On a failure below, the pipe (bytes still in it) is closed with
+        // the connection.
         let mut left = n;
         while left > 0 {
             dst.writable().await?;
             match dst.try_io(Interest::WRITABLE, || {
-                crate::sys::splice(p.r.as_fd(), dst.as_fd(), left)
+                crate::sys::splice(pipe.r.as_fd(), dst.as_fd(), left)
             }) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             }
         }
+        held = Some(pipe);
         Stats::add(&stats.bytes_spliced, n as u64);
     }
 }
