@@ -326,6 +326,24 @@ impl Agent {
         }
     }
 
+    /// Counts the log lines containing every piece, waiting (at most
+    /// `timeout`) for `expected` of them: the log is read by a thread and
+    /// may lag behind what the counters already show.
+    pub fn count_log(&self, pieces: &[&str], expected: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self
+                .stderr()
+                .iter()
+                .filter(|l| pieces.iter().all(|p| l.contains(p)))
+                .count();
+            if n >= expected || Instant::now() > deadline {
+                return n;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn change(&self, verb: &str, files: &[&Path], ns: Option<&str>, extra: &[&str]) -> Output {
         let mut args = vec![verb, "--admin", self.admin.to_str().expect("utf-8 path")];
         for f in files {

@@ -711,11 +711,11 @@ fn a_route_whose_endpoints_all_refuse_closes_the_client_at_once() {
     assert_eq!(counter(&stats, "backend_connect_failed"), n, "{stats}");
     assert_eq!(counter(&stats, "endpoint_connect_failed"), n, "{stats}");
     assert_eq!(cluster(&stats, "v1", 9000), 0, "{stats}");
-    let logged = agent
-        .stderr()
-        .iter()
-        .filter(|l| l.contains("no healthy endpoint in outbound|9000|v1|"))
-        .count();
+    let logged = agent.count_log(
+        &["no healthy endpoint in outbound|9000|v1|"],
+        n as usize,
+        Duration::from_secs(5),
+    );
     assert_eq!(logged as u64, n, "one line per connection");
 }
 
