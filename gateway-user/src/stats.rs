@@ -45,6 +45,10 @@ counters! {
     /// Connections that were meant for the kernel but could not be inserted
     /// (already half-closed, map full) and ran on splice instead.
     ebpf_fallback_splice,
+    /// Connections in the kernel whose backend the kernel refused after the
+    /// client was in (its FIN or reset came during the insertion): client to
+    /// backend in the kernel, the backend's bytes copied by the agent.
+    ebpf_backend_copied,
     /// Payload bytes the verdict redirected, summed over finished connections.
     bytes_kernel_redirected,
     /// Payload bytes moved by splice(2) (through a pipe, never in userspace).

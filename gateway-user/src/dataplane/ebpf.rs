@@ -84,6 +84,9 @@ struct Way {
     /// Most bytes the verdict may queue on dst's psock beyond what dst holds.
     window: u64,
     kicked: bool,
+    /// src has no verdict (the kernel refused it after its peer was in):
+    /// everything it receives stays on its queue, for the agent to copy.
+    copied: bool,
 }
 
 /// What happened on a connection before it came to the kernel path (all
@@ -145,7 +148,7 @@ pub async fn relay(
         }
     };
     let now = Instant::now();
-    let way = |src, dst, src_cookie, dst_cookie, written0, credit, received0| Way {
+    let way = |src, dst, src_cookie, dst_cookie, written0, credit, received0, copied| Way {
         src,
         dst,
         src_cookie,
@@ -167,11 +170,24 @@ pub async fn relay(
         blocked: false,
         window: opts.window,
         kicked: false,
+        copied,
     };
     let mut ways = [
-        way(0, 1, pair.a, pair.b, w0b, credits.0, already[0]),
-        way(1, 0, pair.b, pair.a, w0c, credits.1, already[1]),
+        way(0, 1, pair.a, pair.b, w0b, credits.0, already[0], false),
+        way(
+            1,
+            0,
+            pair.b,
+            pair.a,
+            w0c,
+            credits.1,
+            already[1],
+            !pair.b_verdict,
+        ),
     ];
+    if !pair.b_verdict {
+        Stats::inc(&stats.ebpf_backend_copied);
+    }
     let end = run(kernel, &socks, &mut ways).await;
     if !matches!(end, End::Completed) {
         reset_both(socks[0].get_ref(), socks[1].get_ref());
@@ -328,6 +344,19 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
                 Err(e) => return Err(gone(e)),
             }
         }
+        if w.copied {
+            // Nothing is redirected from src: what its queue holds is next.
+            let mut buf = Vec::with_capacity(BUF);
+            match sys::recv_append(src, &mut buf, BUF) {
+                Ok(n) if n > 0 => {
+                    w.pending = buf;
+                    continue;
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(gone(e)),
+            }
+        }
         let mut unread = flow.passed.saturating_sub(w.ctl.consumed);
         if unread == 0 && ordered && !looked_again {
             // More may have been passed while the agent moved the last
@@ -376,7 +405,9 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         w.last_change = Instant::now();
     }
     w.owing = owing;
-    renew_credit(kernel, dst, w, &flow, written, consumed_before)?;
+    if !w.copied {
+        renew_credit(kernel, dst, w, &flow, written, consumed_before)?;
+    }
 
     // The FIN goes on only when every byte before it is in dst.
     let src_info = sys::tcp_info(src).map_err(gone)?;

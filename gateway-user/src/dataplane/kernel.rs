@@ -79,6 +79,18 @@ pub struct Kernel {
     /// Totals at the last `rebase`: the start-up check's bytes are not the
     /// users'.
     base: Mutex<Totals>,
+    /// For the tests only: a pause between the two sockets' insertions into
+    /// `SOCKS`, which widens the window in which a peer's FIN or reset makes
+    /// the second insertion fail after the first socket's verdict has run.
+    attach_pause: Option<std::time::Duration>,
+}
+
+/// `GATEWAY_TEST_ATTACH_PAUSE_MS`: see [`Kernel::attach_pause`].
+fn attach_pause() -> Option<std::time::Duration> {
+    std::env::var("GATEWAY_TEST_ATTACH_PAUSE_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(std::time::Duration::from_millis)
 }
 
 /// The two cookies of an attached connection.
@@ -86,6 +98,10 @@ pub struct Kernel {
 pub struct Pair {
     pub a: u64,
     pub b: u64,
+    /// Whether `b` got the verdict. If not (the kernel refused it after `a`
+    /// was in), `b` is only a redirect target and the agent copies what it
+    /// receives.
+    pub b_verdict: bool,
 }
 
 /// The innermost error of a chain, and whether it is a permission error.
@@ -172,6 +188,7 @@ impl Kernel {
             _ebpf: ebpf,
             maps: Mutex::new(maps),
             base: Mutex::default(),
+            attach_pause: attach_pause(),
         })
     }
 
@@ -189,15 +206,25 @@ impl Kernel {
     /// so no verdict ever runs without its peer in place.
     /// `credit[0]` is what `a`'s verdict may redirect to `b` at first,
     /// `credit[1]` the reverse.
+    ///
+    /// The kernel refuses a socket that has left ESTABLISHED, and a peer's
+    /// FIN (or reset) can land on `b` between the two insertions into
+    /// `SOCKS`. By then `a`'s verdict may have taken bytes off `a`, which can
+    /// then no longer be read from it the ordinary way, so `a` stays in: the
+    /// pair is kept with `b` a redirect target only (`Pair::b_verdict` false),
+    /// and what `b` receives is the agent's to copy. Taking both out and
+    /// falling back to splice lost what `a`'s verdict had taken (seen: 1 MiB
+    /// of 4 behind a backend that half-closed at once).
     pub fn attach(
         &self,
         a: &impl AsRawFd,
         b: &impl AsRawFd,
         credit: [u64; 2],
     ) -> Result<Pair, AttachError> {
-        let pair = Pair {
+        let mut pair = Pair {
             a: crate::sys::cookie(a).map_err(AttachError::Cookie)?,
             b: crate::sys::cookie(b).map_err(AttachError::Cookie)?,
+            b_verdict: true,
         };
         let mut maps = self.maps();
         let result = (|| {
@@ -226,20 +253,26 @@ impl Kernel {
             maps.socks
                 .insert(pair.a, a.as_raw_fd(), 0)
                 .map_err(map_err(MAP_SOCKS))?;
-            maps.socks
-                .insert(pair.b, b.as_raw_fd(), 0)
-                .map_err(map_err(MAP_SOCKS))?;
             Ok(())
         })();
         if let Err(e) = result {
+            // No verdict has run: both sockets are as they were.
             Self::remove(&mut maps, pair);
             return Err(e);
+        }
+        if let Some(pause) = self.attach_pause {
+            std::thread::sleep(pause);
+        }
+        if maps.socks.insert(pair.b, b.as_raw_fd(), 0).is_err() {
+            pair.b_verdict = false;
         }
         drop(maps);
         // Bytes that arrived before insertion wait for the next segment unless
         // the data-ready path runs again (fact 4).
         let _ = crate::sys::set_rcvlowat(a, 1);
-        let _ = crate::sys::set_rcvlowat(b, 1);
+        if pair.b_verdict {
+            let _ = crate::sys::set_rcvlowat(b, 1);
+        }
         Ok(pair)
     }
 
