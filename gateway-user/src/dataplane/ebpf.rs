@@ -140,8 +140,17 @@ pub async fn relay(
     };
     let socks = match (to_async(client), to_async(backend)) {
         (Ok(c), Ok(b)) => [c, b],
-        _ => {
+        (c, b) => {
             kernel.detach(pair);
+            // The verdict may already have taken bytes: the connection ends
+            // with a reset on both sides, never a FIN after a hole.
+            let open = [c, b].into_iter().filter_map(|s| match s {
+                Ok(fd) => Some(fd.into_inner()),
+                Err(s) => s,
+            });
+            for s in open {
+                let _ = sys::set_linger_reset(&s);
+            }
             return Ok(End::Aborted(
                 "cannot register the sockets with the runtime".into(),
             ));
@@ -220,12 +229,14 @@ fn allowance(m: sys::MemInfo, window: u64) -> u64 {
     (free / 4 * 3).min(window)
 }
 
-fn to_async(s: TcpStream) -> io::Result<AsyncFd<StdStream>> {
-    let s = s.into_std()?;
+/// The socket under an `AsyncFd`; on failure, the socket itself if it is
+/// still open (tokio closes it when it cannot give it up).
+fn to_async(s: TcpStream) -> Result<AsyncFd<StdStream>, Option<StdStream>> {
+    let s = s.into_std().map_err(|_| None)?;
     // SAFETY: the stream owns its descriptor, which nothing closes or
     // replaces while the AsyncFd holds it.
     unsafe { AsyncFd::register_with_interest(s, Interest::READABLE | Interest::WRITABLE) }
-        .map_err(io::Error::from)
+        .map_err(|e| Some(e.into_parts().0))
 }
 
 async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 2]) -> End {
