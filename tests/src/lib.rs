@@ -338,6 +338,17 @@ impl Net {
 
     /// `gateway forward` to `to`, where gateways live.
     pub fn gateway(&self, to: SocketAddr, dataplane: &str, extra: &[&str]) -> Gateway {
+        self.gateway_with(to, dataplane, extra, &[])
+    }
+
+    /// [`Net::gateway`] with extra environment variables.
+    pub fn gateway_with(
+        &self,
+        to: SocketAddr,
+        dataplane: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let to = to.to_string();
         let listen = match self {
             Net::Loopback => "127.0.0.1:0".to_owned(),
@@ -363,8 +374,8 @@ impl Net {
         }
         args.extend_from_slice(extra);
         match self {
-            Net::Loopback => Gateway::start_in(None, &args),
-            Net::Veth(t) => Gateway::start_in(Some(&t.gateway), &args),
+            Net::Loopback => Gateway::start_with(None, &args, env),
+            Net::Veth(t) => Gateway::start_with(Some(&t.gateway), &args, env),
         }
     }
 }
@@ -562,6 +573,12 @@ impl StreamBackend {
 
     /// Serves on `l` (made by [`Net::backend_listener`]).
     pub fn on(l: TcpListener, seed: u64, len: u64, order: Order) -> Self {
+        Self::on_after(l, seed, len, order, Duration::ZERO)
+    }
+
+    /// [`StreamBackend::on`], each connection starting `delay` after it was
+    /// accepted.
+    pub fn on_after(l: TcpListener, seed: u64, len: u64, order: Order, delay: Duration) -> Self {
         let addr = l.local_addr().expect("addr");
         let (tx, seen) = mpsc::channel();
         thread::spawn(move || {
@@ -570,6 +587,9 @@ impl StreamBackend {
                 let Ok(s) = s else { continue };
                 let tx = tx.clone();
                 thread::spawn(move || {
+                    if !delay.is_zero() {
+                        thread::sleep(delay);
+                    }
                     let _ = tx.send(exchange_in(s, Stream::new(seed, len), order));
                 });
             }

@@ -11,9 +11,9 @@ use std::{
 };
 
 use gateway_tests::{
-    exchange, exchange_in, free_port,
+    exchange, free_port,
     scenarios::{socket_reset, Backend},
-    Gateway, Order, Stream, TcpEcho, IO_TIMEOUT,
+    Gateway, Net, Order, Stream, StreamBackend, TcpEcho, IO_TIMEOUT,
 };
 
 fn counter(stats: &serde_json::Value, key: &str) -> u64 {
@@ -287,32 +287,17 @@ fn a_peer_fin_during_insertion_loses_nothing() {
     // gateway began the insertion, inside the 300 ms pause.
     let (mut refused, mut tried) = (0, 0);
     for down in [0, 64 << 10] {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let to = l.local_addr().expect("addr").to_string();
-        let (tx, backend) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(s) = s else { continue };
-                let tx = tx.clone();
-                thread::spawn(move || {
-                    thread::sleep(Duration::from_millis(50));
-                    let stream = Stream::new(down ^ 7, down);
-                    let _ = tx.send(exchange_in(s, stream, Order::Concurrent));
-                });
-            }
-        });
-        let gw = Gateway::start_with(
-            None,
-            &[
-                "forward",
-                "--listen",
-                "127.0.0.1:0",
-                "--to",
-                &to,
-                "--dataplane",
-                "ebpf",
-                "--no-check-targets",
-            ],
+        let backend = StreamBackend::on_after(
+            Net::Loopback.backend_listener(),
+            down ^ 7,
+            down,
+            Order::Concurrent,
+            Duration::from_millis(50),
+        );
+        let gw = Net::Loopback.gateway_with(
+            backend.addr,
+            "ebpf",
+            &[],
             &[("GATEWAY_TEST_ATTACH_PAUSE_MS", "300")],
         );
         let runs = 2;
@@ -320,10 +305,7 @@ fn a_peer_fin_during_insertion_loses_nothing() {
             let what = format!("{UP}/{down}, run {i}");
             let client = TcpStream::connect(gw.addr).expect("connect");
             let seen = exchange(client, Stream::new(i, UP)).expect("client");
-            let back = backend
-                .recv_timeout(IO_TIMEOUT)
-                .expect("backend saw no connection")
-                .expect("backend exchange");
+            let back = backend.next();
             assert_eq!(
                 (back.received, seen.received),
                 (UP, down),
