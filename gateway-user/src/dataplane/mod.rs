@@ -247,7 +247,7 @@ impl Dataplane {
         let entry = self.conns.add(client.as_raw_fd(), backend.as_raw_fd());
         let end = match (&self.kind, &self.kernel) {
             (Kind::Ebpf, Some(kernel)) => {
-                self.in_kernel(kernel, client, backend, entry, ebpf::Before::default())
+                Box::pin(self.in_kernel(kernel, client, backend, entry, ebpf::Before::default()))
                     .await
             }
             (Kind::Adaptive, Some(kernel)) => {
@@ -262,8 +262,14 @@ impl Dataplane {
                         // See PROMOTE.
                         Stats::inc(&self.stats.connections_bulk_spliced);
                         Stats::inc(&self.stats.dataplane_splice);
-                        splice::relay(&self.stats, self.opts.pipe_bytes, client, backend, entry)
-                            .await
+                        Box::pin(splice::relay(
+                            &self.stats,
+                            self.opts.pipe_bytes,
+                            client,
+                            backend,
+                            entry,
+                        ))
+                        .await
                     }
                     copy::Outcome::Promote { read, .. } => {
                         Stats::inc(&self.stats.connections_promoted);
@@ -282,7 +288,7 @@ impl Dataplane {
                             }
                         };
                         let before = ebpf::Before { read, written };
-                        self.in_kernel(kernel, client, backend, entry, before).await
+                        Box::pin(self.in_kernel(kernel, client, backend, entry, before)).await
                     }
                 }
             }
@@ -296,7 +302,14 @@ impl Dataplane {
             }
             _ => {
                 Stats::inc(&self.stats.dataplane_splice);
-                splice::relay(&self.stats, self.opts.pipe_bytes, client, backend, entry).await
+                Box::pin(splice::relay(
+                    &self.stats,
+                    self.opts.pipe_bytes,
+                    client,
+                    backend,
+                    entry,
+                ))
+                .await
             }
         };
         match &end {
@@ -356,12 +369,12 @@ impl Dataplane {
 /// connection that sends a request and reads an answer never pays for
 /// either.
 ///
-/// Bulk goes to splice, not the sockhash, because the kernel path's credit
-/// is renewed by the agent on a timer: a sender that outruns one allowance
-/// per millisecond pushes the connection onto the agent's copy for good
-/// (README, "How the bytes move"), and splice moved bulk as fast or faster
-/// at less CPU in every measured layout. `--dataplane ebpf` still puts
-/// every connection in the kernel.
+/// Bulk goes to splice, not the sockhash: the kernel path's only brake on a
+/// sender that outruns its reader is to pass bytes to the agent, and a
+/// continuous sender then keeps the connection on the agent's copy for good
+/// (README, "How the bytes move"); splice moved bulk as fast or faster at
+/// less CPU in every measured layout. `--dataplane ebpf` still puts every
+/// connection in the kernel.
 const PROMOTE: copy::Promote = copy::Promote {
     bytes: 256 * 1024,
     reads: 64,
