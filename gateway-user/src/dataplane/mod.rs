@@ -417,3 +417,41 @@ fn end_of(result: io::Result<()>, a: TcpStream, b: TcpStream, entry: Entry) -> E
     drop((a, b));
     end
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection's task holds `relay`'s future from accept to close,
+    /// idle or not (10,000 idle connections took 20 MiB more when it
+    /// carried the kernel path's and splice's state inline, 1,752 bytes in a
+    /// release build, 1,848 in a debug one):
+    /// the paths a connection may move to are boxed, so the copy path's
+    /// own state is all it holds.
+    #[test]
+    fn a_connection_holds_only_the_copy_path_state() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+            let (a, (b, _)) = (a.expect("connect"), b.expect("accept"));
+            let opts = Options {
+                max_sockets: 2,
+                sndbuf: 0,
+                window: 1 << 20,
+                bulk_path: BulkPath::Splice,
+                pipe_bytes: 0,
+            };
+            let dp = Dataplane::new(Choice::Userspace, opts, Arc::default()).expect("dataplane");
+            let relay = dp.relay(a, b);
+            let size = std::mem::size_of_val(&relay);
+            assert!(size <= 1024, "relay's future is {size} bytes");
+        });
+    }
+}
