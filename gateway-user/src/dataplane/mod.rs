@@ -242,6 +242,10 @@ impl Dataplane {
 
     /// Moves bytes both ways between `client` and `backend` until both
     /// directions are closed, then closes both sockets.
+    ///
+    /// Every connection's task holds this future from accept to close, so
+    /// the paths a connection may move to (the kernel path, splice) are
+    /// boxed: allocated only when it takes them, not carried by all.
     pub async fn relay(&self, client: TcpStream, backend: TcpStream) -> End {
         use std::os::fd::AsRawFd as _;
         let entry = self.conns.add(client.as_raw_fd(), backend.as_raw_fd());
@@ -262,14 +266,7 @@ impl Dataplane {
                         // See PROMOTE.
                         Stats::inc(&self.stats.connections_bulk_spliced);
                         Stats::inc(&self.stats.dataplane_splice);
-                        Box::pin(splice::relay(
-                            &self.stats,
-                            self.opts.pipe_bytes,
-                            client,
-                            backend,
-                            entry,
-                        ))
-                        .await
+                        self.spliced(client, backend, entry).await
                     }
                     copy::Outcome::Promote { read, .. } => {
                         Stats::inc(&self.stats.connections_promoted);
@@ -302,14 +299,7 @@ impl Dataplane {
             }
             _ => {
                 Stats::inc(&self.stats.dataplane_splice);
-                Box::pin(splice::relay(
-                    &self.stats,
-                    self.opts.pipe_bytes,
-                    client,
-                    backend,
-                    entry,
-                ))
-                .await
+                self.spliced(client, backend, entry).await
             }
         };
         match &end {
@@ -328,6 +318,22 @@ impl Dataplane {
 }
 
 impl Dataplane {
+    /// The connection on splice, boxed (see `relay`).
+    fn spliced(
+        &self,
+        client: TcpStream,
+        backend: TcpStream,
+        entry: Entry,
+    ) -> std::pin::Pin<Box<impl std::future::Future<Output = End> + '_>> {
+        Box::pin(splice::relay(
+            &self.stats,
+            self.opts.pipe_bytes,
+            client,
+            backend,
+            entry,
+        ))
+    }
+
     /// Runs a connection in the kernel, after what `before` says happened
     /// on the copy path. A connection the maps refuse runs on splice.
     async fn in_kernel(
@@ -357,7 +363,7 @@ impl Dataplane {
                 tracing::debug!("connection runs on splice: {e}");
                 Stats::inc(&self.stats.ebpf_fallback_splice);
                 Stats::inc(&self.stats.dataplane_splice);
-                splice::relay(&self.stats, self.opts.pipe_bytes, client, backend, entry).await
+                self.spliced(client, backend, entry).await
             }
         }
     }
