@@ -104,6 +104,43 @@ fn bulk_64mib_one_way_ebpf_mostly_in_kernel() {
     }
 }
 
+/// `--bpf-stats`: the kernel counts the verdict's runs and their run time,
+/// and the counters report them (since start-up, like the byte totals).
+#[test]
+fn bpf_stats_count_the_verdict_runs() {
+    let len = 16 * MIB;
+    let backend = StreamBackend::with_order(2, len, Order::Concurrent);
+    let gw = Gateway::forward(backend.addr, "ebpf", &["--bpf-stats"]);
+    let client = std::net::TcpStream::connect(gw.addr).expect("connect");
+    let seen = exchange_in(client, Stream::new(1, 1024), Order::FinLast).expect("client exchange");
+    let back = backend.next();
+    assert_eq!((seen.received, back.received), (len, 1024));
+    assert_eq!(seen.received_hash, back.sent_hash);
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = gw.stop();
+    let runs = u64_of(&stats, &["kernel", "verdict_runs"]);
+    let ns = u64_of(&stats, &["kernel", "verdict_run_ns"]);
+    let moved = u64_of(&stats, &["kernel", "redirected_bytes"])
+        + u64_of(&stats, &["kernel", "passed_bytes"]);
+    assert_eq!(moved, len + 1024, "{stats}");
+    // Each run is handed one skb: at least one per 1 MiB moved (loopback's
+    // largest is 64 KiB), at most one per byte and empty skb.
+    let empty = u64_of(&stats, &["kernel", "empty_dropped"]);
+    assert!(
+        runs >= moved / MIB && runs <= moved + empty,
+        "verdict runs {runs} for {moved} bytes: {stats}"
+    );
+    // Some time, and less than a millisecond a run on average.
+    assert!(
+        ns > 0 && ns / runs < 1_000_000,
+        "{ns} ns over {runs} runs: {stats}"
+    );
+    eprintln!(
+        "verdict: {runs} runs, {} ns a run, {moved} bytes",
+        ns / runs
+    );
+}
+
 /// `auto` starts a connection on its copy path and moves it to splice
 /// mid-stream once it has moved 256 KiB: both directions at once, every byte
 /// once and in order across the move.

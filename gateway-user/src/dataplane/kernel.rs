@@ -1,6 +1,10 @@
 //! The kernel side of the ebpf dataplane: the embedded programs, their maps,
 //! and putting a connection's two sockets in and out of them.
-use std::{io, os::fd::AsRawFd, sync::Mutex};
+use std::{
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+    sync::Mutex,
+};
 
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
@@ -34,6 +38,8 @@ pub enum LoadError {
     },
     #[error("failed to load program `{PROG_VERDICT}`: {0}")]
     Program(aya::programs::ProgramError),
+    #[error("cannot turn on the kernel's BPF run-time statistics (--bpf-stats; Linux 5.8 or later): {0}")]
+    RunStats(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,11 +76,19 @@ pub struct Totals {
     pub empty_dropped: u64,
     pub unknown_socket: u64,
     pub redirect_failed: u64,
+    /// Runs of the verdict program, and the time they took, counted while
+    /// the kernel's run-time statistics are on (`--bpf-stats`); else 0.
+    pub verdict_runs: u64,
+    pub verdict_run_ns: u64,
 }
 
 pub struct Kernel {
-    // Owns the loaded program; the attachment lives as long as `SOCKS` does.
-    _ebpf: Ebpf,
+    /// Owns the loaded program; the attachment lives as long as `SOCKS`
+    /// does.
+    ebpf: Ebpf,
+    /// While held, the kernel counts every BPF program's runs and run time
+    /// (closing it turns them off unless another process holds one).
+    _run_stats: Option<OwnedFd>,
     maps: Mutex<Maps>,
     /// Totals at the last `rebase`: the start-up check's bytes are not the
     /// users'.
@@ -149,8 +163,13 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> AttachError {
 
 impl Kernel {
     /// Loads the programs with maps sized for `max_sockets` sockets and
-    /// attaches the verdict to `SOCKS`.
-    pub fn load(max_sockets: u32) -> Result<Self, LoadError> {
+    /// attaches the verdict to `SOCKS`; with `run_stats`, turns the kernel's
+    /// run-time statistics on for as long as this lives.
+    pub fn load(max_sockets: u32, run_stats: bool) -> Result<Self, LoadError> {
+        let run_stats = run_stats
+            .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+            .transpose()
+            .map_err(|e| LoadError::RunStats(root_cause(&e).0))?;
         // Kernels before 5.11 charge maps to RLIMIT_MEMLOCK; later ones ignore it.
         let _ = crate::sys::raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -185,7 +204,8 @@ impl Kernel {
         prog.load().map_err(LoadError::Program)?;
         prog.attach(maps.socks.fd()).map_err(LoadError::Program)?;
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
+            _run_stats: run_stats,
             maps: Mutex::new(maps),
             base: Mutex::default(),
             attach_pause: attach_pause(),
@@ -324,6 +344,8 @@ impl Kernel {
             empty_dropped: now.empty_dropped.saturating_sub(base.empty_dropped),
             unknown_socket: now.unknown_socket.saturating_sub(base.unknown_socket),
             redirect_failed: now.redirect_failed.saturating_sub(base.redirect_failed),
+            verdict_runs: now.verdict_runs.saturating_sub(base.verdict_runs),
+            verdict_run_ns: now.verdict_run_ns.saturating_sub(base.verdict_run_ns),
         }
     }
 
@@ -333,7 +355,23 @@ impl Kernel {
         *self.base.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 
+    /// The verdict's run count and run time (ns), as the kernel counts them.
+    fn verdict_runs(&self) -> (u64, u64) {
+        let info = self
+            .ebpf
+            .program(PROG_VERDICT)
+            .and_then(|p| <&SkSkb>::try_from(p).ok())
+            .and_then(|p| p.info().ok());
+        info.map_or((0, 0), |i| {
+            (
+                i.run_count(),
+                u64::try_from(i.run_time().as_nanos()).unwrap_or(u64::MAX),
+            )
+        })
+    }
+
     fn raw_totals(&self) -> Totals {
+        let (verdict_runs, verdict_run_ns) = self.verdict_runs();
         let maps = self.maps();
         let sum = |slot: u32| -> u64 {
             maps.totals
@@ -347,6 +385,8 @@ impl Kernel {
             empty_dropped: sum(TOTAL_EMPTY_DROPPED),
             unknown_socket: sum(TOTAL_UNKNOWN_SOCKET),
             redirect_failed: sum(TOTAL_REDIRECT_FAILED),
+            verdict_runs,
+            verdict_run_ns,
         }
     }
 }

@@ -95,6 +95,12 @@ pub struct DataplaneArgs {
     /// accepted it.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub workers: usize,
+    /// Count the verdict program's runs and run time (reported with the
+    /// counters as `verdict_runs` and `verdict_run_ns`). The kernel keeps
+    /// these for every BPF program on the host while any process asks for
+    /// them (BPF_ENABLE_STATS, Linux 5.8), at two clock reads per run.
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 /// Where `auto` sends bulk connections.
@@ -112,6 +118,7 @@ impl DataplaneArgs {
             window: self.window,
             bulk_path: self.bulk_path,
             pipe_bytes: splice::pipe_bytes(),
+            bpf_stats: self.bpf_stats,
         }
     }
 }
@@ -132,6 +139,9 @@ pub struct Options {
     pub bulk_path: BulkPath,
     /// Size asked for each splice pipe (0: the kernel's default, 64 KiB).
     pub pipe_bytes: usize,
+    /// Keep the kernel's run-time statistics on while the programs are
+    /// loaded.
+    pub bpf_stats: bool,
 }
 
 #[derive(Clone)]
@@ -167,8 +177,11 @@ impl Dataplane {
     /// it involves ebpf.
     fn new(choice: Choice, opts: Options, stats: Arc<Stats>) -> Result<Self, kernel::LoadError> {
         let (kind, kernel) = match choice {
-            Choice::Ebpf => (Kind::Ebpf, Some(Arc::new(Kernel::load(opts.max_sockets)?))),
-            Choice::Auto => match Kernel::load(opts.max_sockets) {
+            Choice::Ebpf => (
+                Kind::Ebpf,
+                Some(Arc::new(Kernel::load(opts.max_sockets, opts.bpf_stats)?)),
+            ),
+            Choice::Auto => match Kernel::load(opts.max_sockets, opts.bpf_stats) {
                 Ok(k) => (Kind::Adaptive, Some(Arc::new(k))),
                 Err(e) => {
                     tracing::warn!("ebpf dataplane unavailable, using splice: {e}");
@@ -453,6 +466,7 @@ mod tests {
                 window: 1 << 20,
                 bulk_path: BulkPath::Splice,
                 pipe_bytes: 0,
+                bpf_stats: false,
             };
             let dp = Dataplane::new(Choice::Userspace, opts, Arc::default()).expect("dataplane");
             let relay = dp.relay(a, b);
