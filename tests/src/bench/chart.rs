@@ -18,7 +18,7 @@ use crate::{
     contenders,
     report::{
         arrow, number, LayoutResult, Metric, IDLE_CONNS, IDLE_KERNEL, IDLE_RSS, KERNEL_SHARE,
-        METRICS,
+        METRICS, VERDICT_BULK_NS, VERDICT_ECHO_NS,
     },
 };
 
@@ -143,7 +143,10 @@ fn colour(name: &str) -> RGBColor {
 fn relative(layout: &LayoutResult) -> Bars {
     let metrics: Vec<&Metric> = METRICS
         .iter()
-        .filter(|m| !m.key.starts_with("idle") && m.key != KERNEL_SHARE)
+        .filter(|m| {
+            !m.key.starts_with("idle")
+                && ![KERNEL_SHARE, VERDICT_BULK_NS, VERDICT_ECHO_NS].contains(&m.key)
+        })
         .collect();
     let direct = layout.contender("direct");
     let series = layout

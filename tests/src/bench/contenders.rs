@@ -82,6 +82,18 @@ impl Contender {
         }
     }
 
+    /// Whether it loads the verdict (its runs are then timed: the kernel's
+    /// run-time statistics cost two clock reads a run).
+    pub fn kernel_path(self) -> bool {
+        matches!(
+            self,
+            Contender::Gateway {
+                dataplane: "ebpf" | "auto",
+                ..
+            }
+        )
+    }
+
     pub fn by_name(name: &str) -> Option<Contender> {
         ALL.into_iter().chain(EXTRA).find(|c| c.name() == name)
     }
@@ -91,8 +103,13 @@ impl Contender {
         match self {
             Contender::Direct => "the client connects to the backend: no proxy".to_owned(),
             Contender::Gateway { dataplane, sndbuf } => format!(
-                "gateway forward --dataplane {dataplane} --workers 1{}",
-                sndbuf.map_or_else(String::new, |b| format!(" --sndbuf {b}"))
+                "gateway forward --dataplane {dataplane} --workers 1{}{}",
+                sndbuf.map_or_else(String::new, |b| format!(" --sndbuf {b}")),
+                if self.kernel_path() {
+                    " --bpf-stats"
+                } else {
+                    ""
+                }
             ),
             Contender::Haproxy => {
                 "haproxy -db: mode tcp, nbthread 1, no splicing, client-fin/server-fin 1h"
@@ -136,6 +153,7 @@ impl Contender {
                     // get one (the default is one per CPU).
                     .args(["--workers", "1"])
                     .args(["--no-check-targets", "--drain-timeout", "1s"])
+                    .args(self.kernel_path().then_some("--bpf-stats"))
                     .env("RUST_LOG", "info")
                     .env("NO_COLOR", "1");
                 if let Some(bytes) = sndbuf {

@@ -393,6 +393,7 @@ fn progress(s: &Sample) -> String {
         (BULK1, "bulk ×1", "Gbit/s"),
         (BULK8, "×8", "Gbit/s"),
         (KERNEL_SHARE, "in kernel", "%"),
+        (VERDICT_BULK_NS, "verdict", "ns/run"),
         (RR_P50, "rtt p50", "µs"),
         (RR_P99, "p99", "µs"),
         (CONN_RATE, "", "conn/s"),
@@ -400,6 +401,7 @@ fn progress(s: &Sample) -> String {
         (IDLE_CONNS, "idle", "conns"),
         (IDLE_RSS, "rss", "MiB"),
         (IDLE_KERNEL, "kernel", "MiB"),
+        (VERDICT_ECHO_NS, "verdict", "ns/run"),
     ];
     let parts: Vec<String> = shown
         .iter()
@@ -476,14 +478,15 @@ fn measure(
                 fail(&mut s, &bulk, &e);
             }
             let counters = ep.stop();
-            if let Contender::Gateway {
-                dataplane: "ebpf" | "auto",
-                ..
-            } = c
-            {
+            if c.kernel_path() {
                 if let Some(share) = counters.as_ref().and_then(kernel_share) {
                     s.metrics.insert(KERNEL_SHARE, share);
                 }
+                verdict_time(
+                    &mut s,
+                    counters.as_ref(),
+                    [VERDICT_BULK_NS, "verdict_bulk_runs", "verdict_bulk_ns"],
+                );
             }
         }
         Err(e) => fail(&mut s, &bulk, &e),
@@ -543,6 +546,14 @@ fn measure(
             if let Err(e) = ep.check_alive() {
                 fail(&mut s, &echo, &e);
             }
+            if c.kernel_path() {
+                let counters = ep.stop();
+                verdict_time(
+                    &mut s,
+                    counters.as_ref(),
+                    [VERDICT_ECHO_NS, "verdict_echo_runs", "verdict_echo_ns"],
+                );
+            }
         }
         Err(e) => fail(&mut s, &echo, &e),
     }
@@ -557,6 +568,23 @@ fn kernel_share(counters: &serde_json::Value) -> Option<f64> {
     let kernel = get("bytes_kernel_redirected")?;
     let total = kernel + get("bytes_spliced")? + get("bytes_agent_copied")?;
     (total > 0.0).then(|| 100.0 * kernel / total)
+}
+
+/// From a gateway's exit counters: the verdict's average run time under
+/// `keys[0]`, its runs and total run time (ns) under `keys[1]` and
+/// `keys[2]`; nothing if it never ran.
+fn verdict_time(s: &mut Sample, counters: Option<&serde_json::Value>, keys: [&'static str; 3]) {
+    let Some(k) = counters.map(|c| &c["kernel"]) else {
+        return;
+    };
+    let (Some(runs), Some(ns)) = (k["verdict_runs"].as_u64(), k["verdict_run_ns"].as_u64()) else {
+        return;
+    };
+    if runs > 0 {
+        s.metrics.insert(keys[0], ns as f64 / runs as f64);
+        s.metrics.insert(keys[1], runs as f64);
+        s.metrics.insert(keys[2], ns as f64);
+    }
 }
 
 /// Opens the idle connections, measures what they cost while they are

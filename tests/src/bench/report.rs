@@ -51,6 +51,11 @@ pub const RR_P99: &str = "rr_p99_us";
 pub const CONN_RATE: &str = "conn_per_s";
 pub const CPU: &str = "cpu_s_per_gb";
 pub const KERNEL_SHARE: &str = "bulk_kernel_pct";
+/// The verdict program's average run time, from the kernel's run-time
+/// statistics (`--bpf-stats`), over the bulk runs and over the echo runs
+/// (round trips, new connections, idle connections).
+pub const VERDICT_BULK_NS: &str = "verdict_bulk_ns_per_run";
+pub const VERDICT_ECHO_NS: &str = "verdict_echo_ns_per_run";
 pub const IDLE_CONNS: &str = "idle_conns";
 pub const IDLE_RSS: &str = "idle_rss_mib";
 pub const IDLE_KERNEL: &str = "idle_kernel_mib";
@@ -60,7 +65,7 @@ pub const RR_STEAL: &str = "rr_steal_pct";
 
 /// The table's rows, in order. Samples carry more keys (raw counts,
 /// retransmits, means); those are in results.json only.
-pub const METRICS: [Metric; 10] = [
+pub const METRICS: [Metric; 12] = [
     metric(
         BULK1,
         "bulk, 1 connection",
@@ -115,6 +120,22 @@ pub const METRICS: [Metric; 10] = [
         "in kernel",
         "%",
         Better::Higher,
+        false,
+    ),
+    metric(
+        VERDICT_BULK_NS,
+        "verdict program, bulk runs, per run",
+        "verdict bulk",
+        "ns",
+        Better::Lower,
+        false,
+    ),
+    metric(
+        VERDICT_ECHO_NS,
+        "verdict program, echo runs, per run",
+        "verdict echo",
+        "ns",
+        Better::Lower,
         false,
     ),
     metric(
