@@ -139,6 +139,14 @@ fn bpf_stats_count_the_verdict_runs() {
         "verdict: {runs} runs, {} ns a run, {moved} bytes",
         ns / runs
     );
+    // A dataplane without the verdict says the flag does nothing.
+    let gw = Gateway::forward(backend.addr, "splice", &["--bpf-stats"]);
+    let said = gw.stderr().join("\n");
+    assert!(
+        said.contains("--bpf-stats has no effect: dataplane splice runs no BPF program"),
+        "{said}"
+    );
+    assert_eq!(gw.stop()["kernel"], serde_json::Value::Null);
 }
 
 /// `auto` starts a connection on its copy path and moves it to splice

@@ -183,6 +183,9 @@ impl Dataplane {
             ),
             Choice::Auto => match Kernel::load(opts.max_sockets, opts.bpf_stats) {
                 Ok(k) => (Kind::Adaptive, Some(Arc::new(k))),
+                // Asked for and refused: an error, not a reason to give up
+                // the kernel path.
+                Err(e @ kernel::LoadError::RunStats(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!("ebpf dataplane unavailable, using splice: {e}");
                     (Kind::Splice, None)
@@ -191,6 +194,9 @@ impl Dataplane {
             Choice::Splice => (Kind::Splice, None),
             Choice::Userspace => (Kind::Userspace, None),
         };
+        if opts.bpf_stats && kernel.is_none() {
+            tracing::warn!("--bpf-stats has no effect: dataplane {kind} runs no BPF program");
+        }
         Ok(Self {
             kind,
             kernel,
