@@ -111,6 +111,13 @@ fn bpf_stats_count_the_verdict_runs() {
     let len = 16 * MIB;
     let backend = StreamBackend::with_order(2, len, Order::Concurrent);
     let gw = Gateway::forward(backend.addr, "ebpf", &["--bpf-stats"]);
+    // The start-up check's runs are not counted.
+    let at_start = gw.sample();
+    assert_eq!(
+        u64_of(&at_start, &["kernel", "verdict_runs"]),
+        0,
+        "{at_start}"
+    );
     let client = std::net::TcpStream::connect(gw.addr).expect("connect");
     let seen = exchange_in(client, Stream::new(1, 1024), Order::FinLast).expect("client exchange");
     let back = backend.next();

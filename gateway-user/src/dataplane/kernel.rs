@@ -77,7 +77,8 @@ pub struct Totals {
     pub unknown_socket: u64,
     pub redirect_failed: u64,
     /// Runs of the verdict program, and the time they took, counted while
-    /// the kernel's run-time statistics are on (`--bpf-stats`); else 0.
+    /// this process holds the kernel's run-time statistics on
+    /// (`--bpf-stats`, [`Kernel::time_runs`]); else 0.
     pub verdict_runs: u64,
     pub verdict_run_ns: u64,
 }
@@ -88,7 +89,7 @@ pub struct Kernel {
     ebpf: Ebpf,
     /// While held, the kernel counts every BPF program's runs and run time
     /// (closing it turns them off unless another process holds one).
-    _run_stats: Option<OwnedFd>,
+    run_stats: Option<OwnedFd>,
     maps: Mutex<Maps>,
     /// Totals at the last `rebase`: the start-up check's bytes are not the
     /// users'.
@@ -163,13 +164,8 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> AttachError {
 
 impl Kernel {
     /// Loads the programs with maps sized for `max_sockets` sockets and
-    /// attaches the verdict to `SOCKS`; with `run_stats`, turns the kernel's
-    /// run-time statistics on for as long as this lives.
-    pub fn load(max_sockets: u32, run_stats: bool) -> Result<Self, LoadError> {
-        let run_stats = run_stats
-            .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
-            .transpose()
-            .map_err(|e| LoadError::RunStats(root_cause(&e).0))?;
+    /// attaches the verdict to `SOCKS`.
+    pub fn load(max_sockets: u32) -> Result<Self, LoadError> {
         // Kernels before 5.11 charge maps to RLIMIT_MEMLOCK; later ones ignore it.
         let _ = crate::sys::raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -205,11 +201,20 @@ impl Kernel {
         prog.attach(maps.socks.fd()).map_err(LoadError::Program)?;
         Ok(Self {
             ebpf,
-            _run_stats: run_stats,
+            run_stats: None,
             maps: Mutex::new(maps),
             base: Mutex::default(),
             attach_pause: attach_pause(),
         })
+    }
+
+    /// Turns the kernel's run-time statistics on for as long as this lives,
+    /// so that the totals carry the verdict's runs and run time.
+    pub fn time_runs(&mut self) -> Result<(), LoadError> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .map_err(|e| LoadError::RunStats(root_cause(&e).0))?;
+        self.run_stats = Some(fd);
+        Ok(())
     }
 
     fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
@@ -355,8 +360,13 @@ impl Kernel {
         *self.base.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 
-    /// The verdict's run count and run time (ns), as the kernel counts them.
+    /// The verdict's run count and run time (ns), as the kernel counts them
+    /// while this process asks it to (another process may turn the
+    /// statistics on too: those counts are not reported).
     fn verdict_runs(&self) -> (u64, u64) {
+        if self.run_stats.is_none() {
+            return (0, 0);
+        }
         let info = self
             .ebpf
             .program(PROG_VERDICT)

@@ -176,16 +176,10 @@ impl Dataplane {
     /// Resolves `choice` into a working dataplane, loading the programs when
     /// it involves ebpf.
     fn new(choice: Choice, opts: Options, stats: Arc<Stats>) -> Result<Self, kernel::LoadError> {
-        let (kind, kernel) = match choice {
-            Choice::Ebpf => (
-                Kind::Ebpf,
-                Some(Arc::new(Kernel::load(opts.max_sockets, opts.bpf_stats)?)),
-            ),
-            Choice::Auto => match Kernel::load(opts.max_sockets, opts.bpf_stats) {
-                Ok(k) => (Kind::Adaptive, Some(Arc::new(k))),
-                // Asked for and refused: an error, not a reason to give up
-                // the kernel path.
-                Err(e @ kernel::LoadError::RunStats(_)) => return Err(e),
+        let (kind, mut kernel) = match choice {
+            Choice::Ebpf => (Kind::Ebpf, Some(Kernel::load(opts.max_sockets)?)),
+            Choice::Auto => match Kernel::load(opts.max_sockets) {
+                Ok(k) => (Kind::Adaptive, Some(k)),
                 Err(e) => {
                     tracing::warn!("ebpf dataplane unavailable, using splice: {e}");
                     (Kind::Splice, None)
@@ -194,12 +188,18 @@ impl Dataplane {
             Choice::Splice => (Kind::Splice, None),
             Choice::Userspace => (Kind::Userspace, None),
         };
-        if opts.bpf_stats && kernel.is_none() {
-            tracing::warn!("--bpf-stats has no effect: dataplane {kind} runs no BPF program");
+        if opts.bpf_stats {
+            match kernel.as_mut() {
+                // Asked for and refused: an error, in `auto` too.
+                Some(k) => k.time_runs()?,
+                None => tracing::warn!(
+                    "--bpf-stats has no effect: dataplane {kind} runs no BPF program"
+                ),
+            }
         }
         Ok(Self {
             kind,
-            kernel,
+            kernel: kernel.map(Arc::new),
             opts,
             stats,
             conns: Arc::default(),

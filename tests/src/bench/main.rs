@@ -393,7 +393,7 @@ fn progress(s: &Sample) -> String {
         (BULK1, "bulk ×1", "Gbit/s"),
         (BULK8, "×8", "Gbit/s"),
         (KERNEL_SHARE, "in kernel", "%"),
-        (VERDICT_BULK_NS, "verdict", "ns/run"),
+        (VERDICT_BULK_NS, "verdict bulk", "ns/run"),
         (RR_P50, "rtt p50", "µs"),
         (RR_P99, "p99", "µs"),
         (CONN_RATE, "", "conn/s"),
@@ -401,7 +401,7 @@ fn progress(s: &Sample) -> String {
         (IDLE_CONNS, "idle", "conns"),
         (IDLE_RSS, "rss", "MiB"),
         (IDLE_KERNEL, "kernel", "MiB"),
-        (VERDICT_ECHO_NS, "verdict", "ns/run"),
+        (VERDICT_ECHO_NS, "verdict echo", "ns/run"),
     ];
     let parts: Vec<String> = shown
         .iter()
