@@ -10,14 +10,15 @@
 
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel},
     macros::{map, stream_verdict},
     maps::{HashMap, PerCpuArray, SockHash},
     programs::SkBuffContext,
 };
 use gateway_common::{
-    FlowStats, PeerCtl, DEFAULT_MAX_SOCKETS, TOTALS_LEN, TOTAL_EMPTY_DROPPED, TOTAL_PASSED,
-    TOTAL_REDIRECTED, TOTAL_REDIRECT_FAILED, TOTAL_UNKNOWN_SOCKET,
+    FlowStats, PeerCtl, DEFAULT_MAX_SOCKETS, SEQ_KNOWN, SKB_CB_OFFSET, SKIP_RING, TOTALS_LEN,
+    TOTAL_EMPTY_DROPPED, TOTAL_OVERLAP, TOTAL_PASSED, TOTAL_REDIRECTED, TOTAL_REDIRECT_FAILED,
+    TOTAL_SEQ_UNKNOWN, TOTAL_UNKNOWN_SOCKET,
 };
 
 #[map]
@@ -71,6 +72,37 @@ fn verdict(ctx: &SkBuffContext) -> u32 {
     // SAFETY: only this socket's verdict writes its FlowStats, and it never
     // runs on two CPUs at once (callers hold the socket lock).
     let flow = unsafe { &mut *flow };
+    let Some(seq) = skb_seq(ctx, len) else {
+        flow.seq_unknown += 1;
+        add_total(TOTAL_SEQ_UNKNOWN, 1);
+        return pass(flow, len);
+    };
+    let end = seq.wrapping_add(len as u32);
+    if flow.next_seq & SEQ_KNOWN != 0 {
+        let next = flow.next_seq as u32;
+        // Serial-number arithmetic: how far `seq` is behind `next`.
+        let behind = next.wrapping_sub(seq) as i32;
+        if behind > 0 {
+            let over = (behind as u64).min(len);
+            if flow.skips - ctl.skips_done < SKIP_RING as u64 {
+                let slot = (flow.skips % SKIP_RING as u64) as usize;
+                if slot < SKIP_RING {
+                    flow.skip_at[slot] = flow.passed;
+                    flow.skip_len[slot] = over;
+                }
+                flow.skips += 1;
+            } else {
+                flow.skip_overflow += 1;
+            }
+            flow.overlap += over;
+            add_total(TOTAL_OVERLAP, over);
+            if (end.wrapping_sub(next) as i32) > 0 {
+                flow.next_seq = u64::from(end) | SEQ_KNOWN;
+            }
+            return pass(flow, len);
+        }
+    }
+    flow.next_seq = u64::from(end) | SEQ_KNOWN;
     if flow.passed == ctl.consumed && flow.redirected + len <= ctl.credit {
         let mut peer = ctl.peer;
         if TARGETS.redirect_skb(ctx, &mut peer, 0) == i64::from(SK_PASS) {
@@ -81,11 +113,30 @@ fn verdict(ctx: &SkBuffContext) -> u32 {
         flow.redirect_failed += 1;
         add_total(TOTAL_REDIRECT_FAILED, 1);
     }
-    // Pass: the skb lands on this socket's own queue, in order, charged to its
-    // receive buffer; the agent moves it.
+    pass(flow, len)
+}
+
+/// Pass: the skb lands on this socket's own queue, in order, charged to its
+/// receive buffer; the agent moves it.
+#[inline(always)]
+fn pass(flow: &mut FlowStats, len: u64) -> u32 {
     flow.passed += len;
     add_total(TOTAL_PASSED, len);
     SK_PASS
+}
+
+/// `TCP_SKB_CB(skb)->seq`, if the control block reads as this skb's: its
+/// `end_seq` must be `len` past `seq` (one more with a FIN). Reading kernel
+/// memory needs CAP_PERFMON (root has it); without it the program does not
+/// load and the ebpf path is refused, never run blind.
+#[inline(always)]
+fn skb_seq(ctx: &SkBuffContext, len: u64) -> Option<u32> {
+    let cb = (ctx.skb.skb as *const u8).wrapping_add(SKB_CB_OFFSET) as *const [u32; 2];
+    // SAFETY: a bounded read of kernel memory into a local; the helper
+    // fails cleanly (and the skb is then passed) if it cannot read it.
+    let [seq, end_seq] = unsafe { bpf_probe_read_kernel(cb) }.ok()?;
+    let span = u64::from(end_seq.wrapping_sub(seq));
+    (span == len || span == len + 1).then_some(seq)
 }
 
 #[cfg(not(test))]

@@ -3,7 +3,7 @@ use std::{
     io,
     net::{SocketAddr, ToSocketAddrs},
     sync::{
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -39,8 +39,16 @@ pub struct Args {
     /// How long to wait for a backend to accept (Istio's default: 10s).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::parse_duration)]
     pub connect_timeout: Duration,
-    /// Start even if no target accepts a connection at start-up.
+    /// Refuse to start unless a target accepts a connection. By default the
+    /// gateway starts whatever its targets do, like HAProxy, nginx and
+    /// Envoy: each target is tried once in the background, one that does
+    /// not answer is logged once and skipped until it answers again, and
+    /// while none answers clients are closed at once (counted as
+    /// `backend_connect_failed`).
     #[arg(long)]
+    pub check_targets: bool,
+    /// Do not try the targets at start-up: the first client finds out.
+    #[arg(long, conflicts_with = "check_targets")]
     pub no_check_targets: bool,
     /// On SIGINT/SIGTERM, how long to let open connections finish.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::parse_duration)]
@@ -101,20 +109,35 @@ pub(crate) async fn connecting(addr: SocketAddr) -> io::Result<TcpStream> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let targets = resolve(&args.to)?;
-    if !args.no_check_targets {
+    let addrs = resolve(&args.to)?;
+    let targets = Arc::new(Targets::new(addrs, args.connect_timeout));
+    if args.check_targets {
         let mut errors = Vec::new();
-        for t in &targets {
-            match connect(*t, args.connect_timeout).await {
-                Ok(_) => {}
-                Err(e) => errors.push(format!("{t}: {e}")),
+        for (i, t) in targets.addrs.iter().enumerate() {
+            if let Err(e) = connect(*t, args.connect_timeout).await {
+                errors.push((i, e));
             }
         }
-        if errors.len() == targets.len() {
-            bail!("no target is reachable: {}", errors.join("; "));
+        if errors.len() == targets.addrs.len() {
+            let all: Vec<String> = errors
+                .iter()
+                .map(|(i, e)| format!("{}: {e}", targets.addrs[*i]))
+                .collect();
+            bail!("no target is reachable: {}", all.join("; "));
         }
-        for e in errors {
-            tracing::warn!("target unreachable at start: {e}");
+        for (i, e) in errors {
+            targets.failed(i, &e);
+        }
+    } else if !args.no_check_targets {
+        // In the background: a target that does not answer must not hold
+        // the listener back for its connect timeout.
+        for i in 0..targets.addrs.len() {
+            let targets = targets.clone();
+            tokio::spawn(async move {
+                if let Err(e) = connect(targets.addrs[i], targets.connect_timeout).await {
+                    targets.failed(i, &e);
+                }
+            });
         }
     }
     let stats = Arc::new(Stats::default());
@@ -137,6 +160,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(
         "listening on {local}, forwarding to {}, dataplane {}, {} workers",
         targets
+            .addrs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
@@ -150,7 +174,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats: stats.clone(),
         targets,
         next: AtomicUsize::new(0),
-        connect_timeout: args.connect_timeout,
         tasks: crate::tasks::Tasks::default(),
     });
     let accepting = workers.serve(listeners, |listener| accept_loop(listener, shared.clone()));
@@ -176,11 +199,71 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 struct Shared {
     dp: Dataplane,
     stats: Arc<Stats>,
-    targets: Vec<SocketAddr>,
+    targets: Arc<Targets>,
     /// Round robin over `targets`, across all workers.
     next: AtomicUsize,
-    connect_timeout: Duration,
     tasks: crate::tasks::Tasks,
+}
+
+/// The targets, and which of them are known not to answer.
+struct Targets {
+    addrs: Vec<SocketAddr>,
+    /// Did not answer the last connect; skipped until a probe gets through.
+    down: Vec<AtomicBool>,
+    connect_timeout: Duration,
+}
+
+/// How often a target that does not answer is tried again.
+const REPROBE: Duration = Duration::from_secs(1);
+
+impl Targets {
+    fn new(addrs: Vec<SocketAddr>, connect_timeout: Duration) -> Self {
+        let down = addrs.iter().map(|_| AtomicBool::new(false)).collect();
+        Targets {
+            addrs,
+            down,
+            connect_timeout,
+        }
+    }
+
+    /// Target `i` did not answer: logged once (not once per client), then
+    /// tried every [`REPROBE`] until it does.
+    fn failed(self: &Arc<Self>, i: usize, e: &io::Error) {
+        if self.down[i].swap(true, Relaxed) {
+            return;
+        }
+        let t = self.addrs[i];
+        tracing::warn!("target {t} does not answer ({e}): skipped until it does");
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REPROBE).await;
+                if connect(t, me.connect_timeout).await.is_ok() {
+                    me.down[i].store(false, Relaxed);
+                    tracing::info!("target {t} answers again");
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A backend connection for the client that came `n`th: round robin
+    /// over the targets that answer, the next one on a failure; none, at
+    /// once, while no target answers.
+    async fn connect(self: &Arc<Self>, n: usize) -> Option<TcpStream> {
+        let len = self.addrs.len();
+        for k in 0..len {
+            let i = (n + k) % len;
+            if self.down[i].load(Relaxed) {
+                continue;
+            }
+            match connect(self.addrs[i], self.connect_timeout).await {
+                Ok(b) => return Some(b),
+                Err(e) => self.failed(i, &e),
+            }
+        }
+        None
+    }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -192,23 +275,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         Stats::inc(&shared.stats.connections_accepted);
         let s = shared.clone();
         shared.tasks.spawn(async move {
-            let first = s.next.fetch_add(1, Relaxed);
-            let mut backend = None;
-            for i in 0..s.targets.len() {
-                let t = s.targets[(first + i) % s.targets.len()];
-                match connect(t, s.connect_timeout).await {
-                    Ok(b) => {
-                        backend = Some(b);
-                        break;
-                    }
-                    Err(e) => tracing::warn!("connection from {peer}: backend {t}: {e}"),
-                }
-            }
-            match backend {
+            let n = s.next.fetch_add(1, Relaxed);
+            match s.targets.connect(n).await {
                 Some(b) => {
                     s.dp.relay(client, b).await;
                 }
-                None => Stats::inc(&s.stats.backend_connect_failed),
+                None => {
+                    tracing::debug!("connection from {peer}: no target answers");
+                    Stats::inc(&s.stats.backend_connect_failed);
+                }
             }
         });
     }

@@ -55,6 +55,10 @@ counters! {
     bytes_spliced,
     /// Payload bytes the agent read into its own memory and wrote out again.
     bytes_agent_copied,
+    /// Bytes the kernel handed the verdict a second time (a retransmitted
+    /// segment straddling what TCP already had, queued whole), discarded
+    /// by the agent instead of forwarded.
+    bytes_overlap_discarded,
 }
 
 impl Stats {

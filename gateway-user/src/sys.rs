@@ -101,6 +101,60 @@ pub fn inq(fd: &impl AsRawFd) -> io::Result<u64> {
     Ok(n as u64)
 }
 
+/// The TCP sequence number of the next byte a reader of `fd` would get
+/// (`copied_seq`): where the bytes already read end. Linux reports only
+/// `rcv_nxt` (TCP_QUEUE_SEQ, in repair mode) and what is queued before it
+/// (SIOCINQ); their difference, taken twice with no segment in between, is
+/// it. Repair mode is held for three reads and left without the window
+/// probe; it stops nothing this socket does meanwhile (the receive queue is
+/// selected, so sends are not diverted, and nothing sends on a socket the
+/// agent is moving). Needs CAP_NET_ADMIN; refuses a socket that has its
+/// peer's FIN (the FIN takes a sequence number SIOCINQ does not count).
+pub fn copied_seq(fd: &impl AsRawFd) -> io::Result<u32> {
+    const TCP_REPAIR_ON: libc::c_int = 1;
+    const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+    const TCP_RECV_QUEUE: libc::c_int = 1;
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_ON)?;
+    let seq = (|| {
+        setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_REPAIR_QUEUE,
+            TCP_RECV_QUEUE,
+        )?;
+        let rcv_nxt = || getsockopt::<u32>(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ).map(|v| v.0);
+        for _ in 0..8 {
+            let before = rcv_nxt()?;
+            let queued = inq(fd)?;
+            if rcv_nxt()? == before {
+                return Ok(before.wrapping_sub(queued as u32));
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "segments kept arriving",
+        ))
+    })();
+    let off = setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR,
+        TCP_REPAIR_OFF_NO_WP,
+    );
+    let seq = seq?;
+    off?;
+    let state = tcp_info(fd)?.state;
+    // ESTABLISHED or FIN_WAIT1/2 (we sent a FIN; the peer has not): no FIN
+    // received, so SIOCINQ counted every sequence number before rcv_nxt.
+    if !matches!(state, 1 | 4 | 5) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the peer's FIN is in",
+        ));
+    }
+    Ok(seq)
+}
+
 /// Every byte the socket has taken into its send queue since it was
 /// established: acknowledged plus still queued. Unlike any counter of the
 /// verdict's, this says the bytes are in the socket, not on the way to it.

@@ -654,3 +654,118 @@ impl Drop for TcpEcho {
         let _ = self.child.wait();
     }
 }
+
+/// Fills `buf` with the stream from offset `at` on in which every aligned
+/// 8-byte word holds its own offset (little endian): the first wrong byte
+/// a reader finds names where the stream went wrong, and what follows it
+/// names where it resumed (a repeat, a hole).
+pub fn positions(buf: &mut [u8], at: u64) {
+    let first = at - at % 8;
+    let mut word = first;
+    let mut i = 0;
+    while i < buf.len() {
+        let bytes = word.to_le_bytes();
+        let skip = if word == first {
+            (at - first) as usize
+        } else {
+            0
+        };
+        let n = (8 - skip).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&bytes[skip..skip + n]);
+        i += n;
+        word += 8;
+    }
+}
+
+/// The byte at offset `at` of the [`positions`] stream.
+pub fn position_byte(at: u64) -> u8 {
+    ((at - at % 8) >> (8 * (at % 8))) as u8
+}
+
+/// Sends `len` bytes of the [`positions`] stream on `s` in 1 MiB writes
+/// while reading back what the other end returns, then half-closes; checks
+/// that exactly the same stream comes back. On a wrong byte, says where and,
+/// when the bytes after it are a stretch of the stream from elsewhere, where
+/// from: "resumes at X" names a repeat or a hole.
+pub fn positioned_echo(s: TcpStream, len: u64) -> Result<(), String> {
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    let mut tx = s.try_clone().map_err(|e| format!("clone: {e}"))?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(buf.len() as u64) as usize;
+            positions(&mut buf[..n], at);
+            std::io::Write::write_all(&mut tx, &buf[..n])?;
+            at += n as u64;
+        }
+        tx.shutdown(Shutdown::Write)
+    });
+    let mut rx = s;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    let mut wrong: Option<String> = None;
+    loop {
+        let n = match std::io::Read::read(&mut rx, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                wrong.get_or_insert(format!("read after {got} bytes: {e}"));
+                break;
+            }
+        };
+        if wrong.is_none() {
+            if let Some(i) = (0..n).find(|&i| buf[i] != position_byte(got + i as u64)) {
+                let at = got + i as u64;
+                // The first aligned word after the wrong byte tells where the
+                // stream picked up again.
+                let from = (i..n.saturating_sub(7))
+                    .find(|&j| (got + j as u64).is_multiple_of(8))
+                    .map(|j| {
+                        let word = u64::from_le_bytes(buf[j..j + 8].try_into().expect("8 bytes"));
+                        (word, got + j as u64)
+                    });
+                wrong = Some(match from {
+                    Some((word, pos)) if word != pos => format!(
+                        "first wrong byte at {at}; at {pos} the stream resumes at {word} ({})",
+                        if word < pos {
+                            format!("{} bytes repeated", pos - word)
+                        } else {
+                            format!("{} bytes missing", word - pos)
+                        }
+                    ),
+                    _ => format!("first wrong byte at {at}"),
+                });
+            }
+        }
+        got += n as u64;
+    }
+    let sent = sender.join().map_err(|_| "sender panicked".to_owned())?;
+    if let Some(w) = wrong {
+        return Err(format!("{w}; {got} of {len} bytes came back"));
+    }
+    sent.map_err(|e| format!("send: {e}"))?;
+    if got != len {
+        return Err(format!("{got} of {len} bytes came back, every one right"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_name_their_offsets() {
+        let mut whole = vec![0u8; 100];
+        positions(&mut whole, 0);
+        for (i, &b) in whole.iter().enumerate() {
+            assert_eq!(b, position_byte(i as u64), "byte {i}");
+        }
+        // Any split gives the same stream.
+        let mut part = vec![0u8; 37];
+        positions(&mut part, 13);
+        assert_eq!(part, whole[13..50]);
+    }
+}

@@ -739,3 +739,62 @@ pub fn mixed(net: &Net, dp: &str, n: u64, concurrency: u64, seed: u64, max_log2:
     drop(backend);
     mix
 }
+
+/// What [`bulk_echo`] saw.
+#[derive(Debug, Default, Clone)]
+pub struct Bulk {
+    pub connections: u64,
+    pub bytes: u64,
+    /// One line per transfer that did not come back whole and in order.
+    pub failures: Vec<String>,
+    /// Log lines in which the agent detected duplicated bytes.
+    pub detected: Vec<String>,
+    /// The gateway's final counters.
+    pub stats: serde_json::Value,
+}
+
+/// Bulk both ways: `runs` transfers of `len` bytes of the position-encoded
+/// stream (crate::positions) to an echo backend one after another, then
+/// `at_once` at the same time, through one gateway on `dp`.
+pub fn bulk_echo(net: &Net, dp: &str, runs: u64, at_once: usize, len: u64) -> Bulk {
+    let backend = Backend::echo(net.backend_listener());
+    let gw = net.gateway(backend.addr, dp, &[]);
+    let addr = gw.addr;
+    let mut failures = Vec::new();
+    for run in 0..runs {
+        match net.connect(addr) {
+            Ok(s) => {
+                if let Err(e) = crate::positioned_echo(s, len) {
+                    failures.push(format!("run {run}: {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("run {run}: connect: {e}")),
+        }
+    }
+    let together: Vec<_> = (0..at_once)
+        .map(|_| {
+            let s = net.connect(addr);
+            thread::spawn(move || crate::positioned_echo(s.map_err(|e| e.to_string())?, len))
+        })
+        .collect();
+    for (i, t) in together.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(format!("together {i}: {e}")),
+            Err(_) => failures.push(format!("together {i}: client panicked")),
+        }
+    }
+    let detected = gw
+        .stderr()
+        .into_iter()
+        .filter(|l| l.contains("duplicated"))
+        .collect();
+    let connections = runs + at_once as u64;
+    Bulk {
+        connections,
+        bytes: 2 * len * connections,
+        failures,
+        detected,
+        stats: gw.stop(),
+    }
+}

@@ -503,10 +503,20 @@ fn assert_one_line_error(code: Option<i32>, stderr: &str, needle: &str) {
 }
 
 #[test]
-fn fails_clearly_when_no_target_is_reachable() {
+fn with_check_targets_fails_clearly_when_no_target_is_reachable() {
     // Nothing listens on this port: connection refused.
     let dead = format!("127.0.0.1:{}", free_port());
-    let (code, err) = gateway_fails(&["forward", "--listen", "127.0.0.1:0", "--to", &dead], None);
+    let (code, err) = gateway_fails(
+        &[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &dead,
+            "--check-targets",
+        ],
+        None,
+    );
     assert_one_line_error(code, &err, "no target is reachable");
     assert!(err.contains(&dead), "{err}");
 }

@@ -95,6 +95,7 @@ impl Plan {
             format!("datapath\t/tests/datapath {t} sizes half_close early_data resets"),
             format!("forward\t/tests/forward {t} tcp_echo_line auto_says bulk_64mib_each_way_ebpf bulk_64mib_each_way_auto auto_moves half_closed_connection_waits"),
             format!("stress\tGATEWAY_TEST_SCALE=10 /tests/stress {t} mixed_ebpf mixed_auto"),
+            format!("bulk\tGATEWAY_TEST_SCALE=10 /tests/bulk {t}"),
         ];
         if self == Plan::Full {
             lines.extend([

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_common::{FlowStats, PeerCtl};
+use gateway_common::{FlowStats, PeerCtl, SKIP_RING};
 use tokio::{
     io::{unix::AsyncFd, Interest, Ready},
     net::TcpStream,
@@ -62,6 +62,9 @@ struct Way {
     received0: u64,
     /// Passed bytes read from src and not yet accepted by dst.
     pending: Vec<u8>,
+    /// Passed bytes discarded as repeats (the verdict's overlap records):
+    /// counted in `ctl.consumed`, never written to dst.
+    skipped: u64,
     /// The control record as last written to `PEERS`.
     ctl: PeerCtl,
     fin_sent: bool,
@@ -98,6 +101,9 @@ pub struct Before {
     /// `written` of [client, backend] as of the move, when the agent knows
     /// it exactly (it measures it itself otherwise).
     pub written: Option<[u64; 2]>,
+    /// The connection comes from the copy path, which has read from both
+    /// sockets: the verdict must be told where those reads ended.
+    pub moved: bool,
 }
 
 pub async fn relay(
@@ -112,6 +118,7 @@ pub async fn relay(
     let Before {
         read: already,
         written: written_before,
+        moved,
     } = before;
     if opts.sndbuf > 0 {
         let size = opts.sndbuf.min(i32::MAX as u32) as i32;
@@ -134,7 +141,20 @@ pub async fn relay(
     // First credit: what each target can take now.
     let credit = |t: &TcpStream| initial_allowance(t, opts.window);
     let credits = (credit(&backend), credit(&client));
-    let pair = match kernel.attach(&client, &backend, [credits.0, credits.1]) {
+    // A socket the copy path read may hold an skb it read only the head of;
+    // the kernel would hand that skb whole to the verdict, which discards
+    // what comes before the anchor.
+    let anchors = if moved {
+        match (sys::copied_seq(&client), sys::copied_seq(&backend)) {
+            (Ok(c), Ok(b)) => [Some(c), Some(b)],
+            (Err(e), _) | (_, Err(e)) => {
+                return Err((AttachError::Anchor(e), client, backend, entry));
+            }
+        }
+    } else {
+        [None, None]
+    };
+    let pair = match kernel.attach(&client, &backend, [credits.0, credits.1], anchors) {
         Ok(pair) => pair,
         Err(e) => return Err((e, client, backend, entry)),
     };
@@ -164,10 +184,12 @@ pub async fn relay(
         written0,
         received0,
         pending: Vec::new(),
+        skipped: 0,
         ctl: PeerCtl {
             peer: dst_cookie,
             credit,
             consumed: 0,
+            skips_done: 0,
         },
         fin_sent: false,
         fin_seen: false,
@@ -206,9 +228,10 @@ pub async fn relay(
         &stats.bytes_kernel_redirected,
         flows.iter().map(|f| f.redirected).sum(),
     );
+    Stats::add(&stats.bytes_agent_copied, ways.iter().map(Way::sent).sum());
     Stats::add(
-        &stats.bytes_agent_copied,
-        ways.iter().map(|w| w.ctl.consumed).sum(),
+        &stats.bytes_overlap_discarded,
+        ways.iter().map(|w| w.skipped).sum(),
     );
     drop(entry);
     drop(socks);
@@ -381,7 +404,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         }
         if !ordered {
             let written = sys::written(dst).map_err(gone)?.saturating_sub(w.written0);
-            if written != flow.redirected + w.ctl.consumed {
+            if written != flow.redirected + w.sent() {
                 // dst's psock still owes earlier bytes: look again soon.
                 waiting = true;
                 break;
@@ -391,7 +414,14 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         let want = unread.min(BUF as u64) as usize;
         let mut buf = Vec::with_capacity(want);
         match sys::recv_append(src, &mut buf, want) {
-            Ok(n) if n > 0 => w.pending = buf,
+            Ok(n) if n > 0 => {
+                // The verdict wrote its records for these bytes before it
+                // passed them, and the queue's lock orders that before this
+                // read: a fresh look has every record that covers them.
+                flow = kernel.flow(w.src_cookie).unwrap_or(flow);
+                discard_repeats(w, &flow, &mut buf)?;
+                w.pending = buf;
+            }
             Ok(_) => {
                 waiting = true;
                 break;
@@ -410,7 +440,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
     // clock starts when it first owes something (measuring from the last
     // progress made the agent abort a connection whose psock worker had
     // simply not run yet, seen in a guest after a 5 s one-way upload).
-    let owing = written < flow.redirected + w.ctl.consumed || !w.pending.is_empty();
+    let owing = written < flow.redirected + w.sent() || !w.pending.is_empty();
     if written != w.last_written || !w.owing {
         w.last_written = written;
         w.last_change = Instant::now();
@@ -437,21 +467,32 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         }
         if written > payload {
             return Err(End::Aborted(format!(
-                "{written} bytes written for {payload} received: duplicated in the kernel"
+                "{written} bytes written for {payload} received: duplicated in the kernel \
+                 (way {}->{}: redirected {}, passed {}, consumed {}, discarded {}, \
+                 overlap {}, credit {}, received before {})",
+                w.src,
+                w.dst,
+                flow.redirected,
+                flow.passed,
+                w.ctl.consumed,
+                w.skipped,
+                flow.overlap,
+                w.ctl.credit,
+                w.received0,
             )));
         }
         waiting = true;
     }
     if waiting {
         let stuck = w.pending.is_empty()
-            && flow.redirected + flow.passed >= payload
-            && written < flow.redirected + w.ctl.consumed
+            && flow.fresh() >= payload
+            && written < flow.redirected + w.sent()
             && sys::outq(dst).unwrap_or(1) == 0;
         if stuck && w.last_change.elapsed() > KICK && !w.kicked {
             w.kicked = true;
             tracing::warn!(
                 "psock queue stalled with {} bytes for {:?}: kicking its worker",
-                flow.redirected + w.ctl.consumed - written,
+                flow.redirected + w.sent() - written,
                 w.last_change.elapsed()
             );
             let _ = sys::kick_write_space(dst);
@@ -459,7 +500,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         if w.last_change.elapsed() > STALL
             && w.pending.is_empty()
             && sys::outq(dst).unwrap_or(1) == 0
-            && flow.redirected + flow.passed >= payload
+            && flow.fresh() >= payload
         {
             // Everything received has had its verdict, dst has sent all it
             // took, and nothing moved for seconds: the rest is gone.
@@ -491,6 +532,67 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
     Ok(())
 }
 
+impl Way {
+    /// Passed bytes the agent wrote to dst.
+    fn sent(&self) -> u64 {
+        self.ctl.consumed - self.skipped
+    }
+}
+
+/// Drops from `buf`, the passed bytes just read from src, the repeats the
+/// verdict recorded among them, and counts them as consumed. Ends the
+/// connection if the verdict passed bytes it could not vouch for: nothing
+/// after them is forwarded.
+fn discard_repeats(w: &mut Way, flow: &FlowStats, buf: &mut Vec<u8>) -> Result<(), End> {
+    if flow.seq_unknown > 0 {
+        return Err(End::Aborted(format!(
+            "the verdict could not read the sequence numbers of {} skbs; \
+             their bytes are not forwarded",
+            flow.seq_unknown
+        )));
+    }
+    if flow.skip_overflow > 0 {
+        return Err(End::Aborted(format!(
+            "{} retransmitted skbs overlapped bytes already forwarded faster \
+             than the agent applied its records; bytes after them are not forwarded",
+            flow.skip_overflow
+        )));
+    }
+    let ranges: Vec<(u64, u64)> = (w.ctl.skips_done..flow.skips)
+        .map(|i| {
+            let slot = (i % SKIP_RING as u64) as usize;
+            (flow.skip_at[slot], flow.skip_at[slot] + flow.skip_len[slot])
+        })
+        .collect();
+    let (removed, done) = strip(buf, w.ctl.consumed, &ranges);
+    w.ctl.skips_done += done as u64;
+    w.ctl.consumed += removed;
+    w.skipped += removed;
+    Ok(())
+}
+
+/// Removes from `buf`, which holds the passed bytes from offset `start` on,
+/// every byte inside `ranges` (ascending, disjoint `[from, to)` offsets in
+/// the passed bytes). Returns how many bytes it removed and how many
+/// ranges end within `buf` (those are done; a range that goes on past
+/// `buf` continues at the next read, which starts where `buf` ends).
+fn strip(buf: &mut Vec<u8>, start: u64, ranges: &[(u64, u64)]) -> (u64, usize) {
+    let end = start + buf.len() as u64;
+    let mut removed = 0;
+    let mut done = 0;
+    for &(from, to) in ranges.iter().rev() {
+        let (lo, hi) = (from.max(start), to.min(end));
+        if lo < hi {
+            buf.drain((lo - start) as usize..(hi - start) as usize);
+            removed += hi - lo;
+        }
+        if to <= end {
+            done += 1;
+        }
+    }
+    (removed, done)
+}
+
 /// Grants the verdict what dst can take, and publishes what the agent
 /// consumed. One map write, and only when something changed enough.
 fn renew_credit(
@@ -505,7 +607,7 @@ fn renew_credit(
     let allowance = allowance(mem, w.window);
     // Redirected bytes already in dst; beyond them the verdict may queue
     // `allowance` more on dst's psock.
-    let in_dst = written.saturating_sub(w.ctl.consumed).min(flow.redirected);
+    let in_dst = written.saturating_sub(w.sent()).min(flow.redirected);
     let credit = in_dst + allowance;
     let consumed_moved = w.ctl.consumed != consumed_before && w.pending.is_empty();
     let worth = credit < w.ctl.credit || credit > w.ctl.credit + allowance / 8;
@@ -516,4 +618,44 @@ fn renew_credit(
             .map_err(|e| End::Aborted(format!("cannot update `PEERS`: {e}")))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip;
+
+    fn bytes(from: u8, to: u8) -> Vec<u8> {
+        (from..to).collect()
+    }
+
+    #[test]
+    fn strip_removes_only_recorded_repeats() {
+        // Passed bytes 100..120 read; repeats at 102..105 and 110..112.
+        let mut buf = bytes(100, 120);
+        let (removed, done) = strip(&mut buf, 100, &[(102, 105), (110, 112)]);
+        assert_eq!((removed, done), (5, 2));
+        let want: Vec<u8> = (100..102).chain(105..110).chain(112..120).collect();
+        assert_eq!(buf, want);
+    }
+
+    #[test]
+    fn a_repeat_running_past_the_read_goes_on_at_the_next() {
+        let ranges = [(5, 15), (18, 19)];
+        let mut first = bytes(0, 10);
+        assert_eq!(strip(&mut first, 0, &ranges), (5, 0));
+        assert_eq!(first, bytes(0, 5));
+        // The next read starts where the first ended; the open range is
+        // still the agent's first, and both now end inside it.
+        let mut second = bytes(10, 20);
+        assert_eq!(strip(&mut second, 10, &ranges), (6, 2));
+        let want: Vec<u8> = (15..18).chain(19..20).collect();
+        assert_eq!(second, want);
+    }
+
+    #[test]
+    fn a_read_of_repeats_only_is_emptied_and_a_later_range_left() {
+        let mut buf = bytes(0, 8);
+        assert_eq!(strip(&mut buf, 0, &[(0, 8), (30, 40)]), (8, 1));
+        assert!(buf.is_empty());
+    }
 }

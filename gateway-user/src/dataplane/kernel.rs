@@ -13,8 +13,8 @@ use aya::{
 };
 use gateway_common::{
     FlowStats, PeerCtl, MAP_FLOWS, MAP_PEERS, MAP_SOCKS, MAP_TARGETS, MAP_TOTALS, PROG_VERDICT,
-    TOTAL_EMPTY_DROPPED, TOTAL_PASSED, TOTAL_REDIRECTED, TOTAL_REDIRECT_FAILED,
-    TOTAL_UNKNOWN_SOCKET,
+    SEQ_KNOWN, TOTAL_EMPTY_DROPPED, TOTAL_OVERLAP, TOTAL_PASSED, TOTAL_REDIRECTED,
+    TOTAL_REDIRECT_FAILED, TOTAL_SEQ_UNKNOWN, TOTAL_UNKNOWN_SOCKET,
 };
 
 /// The compiled programs, built by build.rs from gateway-ebpf.
@@ -52,6 +52,10 @@ pub enum AttachError {
     Full,
     #[error("failed to read the socket cookie: {0}")]
     Cookie(#[source] io::Error),
+    /// Where the copy path's reads ended could not be read (it needs
+    /// CAP_NET_ADMIN, and a socket without its peer's FIN).
+    #[error("cannot read where the bytes already read end: {0}")]
+    Anchor(#[source] io::Error),
     #[error("failed to update map `{name}`: {source}")]
     Map {
         name: &'static str,
@@ -76,6 +80,11 @@ pub struct Totals {
     pub empty_dropped: u64,
     pub unknown_socket: u64,
     pub redirect_failed: u64,
+    /// Bytes the verdict saw twice (retransmitted segments that straddled
+    /// what TCP already had), discarded by the agent.
+    pub overlap_bytes: u64,
+    /// Skbs whose sequence numbers the verdict could not read.
+    pub seq_unknown: u64,
     /// Runs of the verdict program, and the time they took, counted while
     /// this process holds the kernel's run-time statistics on
     /// (`--bpf-stats`, [`Kernel::time_runs`]); else 0.
@@ -245,6 +254,7 @@ impl Kernel {
         a: &impl AsRawFd,
         b: &impl AsRawFd,
         credit: [u64; 2],
+        next_seq: [Option<u32>; 2],
     ) -> Result<Pair, AttachError> {
         let mut pair = Pair {
             a: crate::sys::cookie(a).map_err(AttachError::Cookie)?,
@@ -253,10 +263,20 @@ impl Kernel {
         };
         let mut maps = self.maps();
         let result = (|| {
-            for (me, peer, credit) in [(pair.a, pair.b, credit[0]), (pair.b, pair.a, credit[1])] {
-                maps.flows
-                    .insert(me, FlowStats::default(), 0)
-                    .map_err(map_err(MAP_FLOWS))?;
+            let sides = [
+                (pair.a, pair.b, credit[0], next_seq[0]),
+                (pair.b, pair.a, credit[1], next_seq[1]),
+            ];
+            for (me, peer, credit, next_seq) in sides {
+                // Where the bytes the agent already read end, if any: the
+                // verdict treats anything before it as a repeat. A socket
+                // nobody has read yet needs none: the first skb the verdict
+                // sees starts where the stream does.
+                let flow = FlowStats {
+                    next_seq: next_seq.map_or(0, |s| u64::from(s) | SEQ_KNOWN),
+                    ..FlowStats::default()
+                };
+                maps.flows.insert(me, flow, 0).map_err(map_err(MAP_FLOWS))?;
                 maps.peers
                     .insert(
                         me,
@@ -264,6 +284,7 @@ impl Kernel {
                             peer,
                             credit,
                             consumed: 0,
+                            skips_done: 0,
                         },
                         0,
                     )
@@ -349,6 +370,8 @@ impl Kernel {
             empty_dropped: now.empty_dropped.saturating_sub(base.empty_dropped),
             unknown_socket: now.unknown_socket.saturating_sub(base.unknown_socket),
             redirect_failed: now.redirect_failed.saturating_sub(base.redirect_failed),
+            overlap_bytes: now.overlap_bytes.saturating_sub(base.overlap_bytes),
+            seq_unknown: now.seq_unknown.saturating_sub(base.seq_unknown),
             verdict_runs: now.verdict_runs.saturating_sub(base.verdict_runs),
             verdict_run_ns: now.verdict_run_ns.saturating_sub(base.verdict_run_ns),
         }
@@ -395,6 +418,8 @@ impl Kernel {
             empty_dropped: sum(TOTAL_EMPTY_DROPPED),
             unknown_socket: sum(TOTAL_UNKNOWN_SOCKET),
             redirect_failed: sum(TOTAL_REDIRECT_FAILED),
+            overlap_bytes: sum(TOTAL_OVERLAP),
+            seq_unknown: sum(TOTAL_SEQ_UNKNOWN),
             verdict_runs,
             verdict_run_ns,
         }

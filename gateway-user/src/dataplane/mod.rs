@@ -303,7 +303,11 @@ impl Dataplane {
                                 None
                             }
                         };
-                        let before = ebpf::Before { read, written };
+                        let before = ebpf::Before {
+                            read,
+                            written,
+                            moved: true,
+                        };
                         Box::pin(self.in_kernel(kernel, client, backend, entry, before)).await
                     }
                 }

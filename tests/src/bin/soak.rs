@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             veth.clone()
         };
         let dp = ["ebpf", "ebpf", "splice", "userspace"][rng.random_range(0..4)];
-        let which = rng.random_range(0..8);
+        let which = rng.random_range(0..9);
         let round_seed: u64 = rng.random();
         let name = [
             "mixed",
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             "early_data",
             "resets",
             "backpressure",
+            "bulk",
         ][which];
         let started = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| match which {
@@ -69,9 +70,25 @@ fn main() -> ExitCode {
                 scenarios::resets(&net, dp);
                 (2, 512 * 1024, 0)
             }
-            _ => {
+            7 => {
                 scenarios::backpressure(&net, dp, 4);
                 (4, 4 * 96 * 1024 * 1024, 0)
+            }
+            _ => {
+                // Bulk both ways on the kernel path, moved there mid-stream
+                // or from the start: where retransmitted segments straddle
+                // what TCP already has (docs/datapath.md).
+                let dp = if dp == "ebpf" && rng.random_range(0..2) == 0 {
+                    "auto-ebpf"
+                } else {
+                    "ebpf"
+                };
+                let b = scenarios::bulk_echo(&net, dp, 2, 2, 256 * 1024 * 1024);
+                for f in &b.failures {
+                    eprintln!("soak: bulk {dp}: {f}");
+                }
+                let bad = (b.failures.len() + b.detected.len()) as u64;
+                (b.connections, b.bytes, bad)
             }
         }));
         runs += 1;
