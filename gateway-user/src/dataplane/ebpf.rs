@@ -418,7 +418,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
                 // The verdict wrote its records for these bytes before it
                 // passed them, and the queue's lock orders that before this
                 // read: a fresh look has every record that covers them.
-                flow = kernel.flow(w.src_cookie).unwrap_or(flow);
+                flow = settled_flow(kernel, w.src_cookie, flow)?;
                 discard_repeats(w, &flow, &mut buf)?;
                 w.pending = buf;
             }
@@ -539,10 +539,28 @@ impl Way {
     }
 }
 
+/// The verdict's record for `cookie` as two looks in a row agree on it: a
+/// look copies the record while the verdict may be writing it, and the
+/// overlap records for bytes not read yet may be half written.
+fn settled_flow(kernel: &Kernel, cookie: u64, last: FlowStats) -> Result<FlowStats, End> {
+    let look = || kernel.flow(cookie).unwrap_or(last);
+    let mut a = look();
+    for _ in 0..8 {
+        let b = look();
+        if (a.skips, a.skip_at, a.skip_len) == (b.skips, b.skip_at, b.skip_len) {
+            return Ok(b);
+        }
+        a = b;
+    }
+    Err(End::Aborted(
+        "the verdict's overlap records kept changing under the agent".into(),
+    ))
+}
+
 /// Drops from `buf`, the passed bytes just read from src, the repeats the
 /// verdict recorded among them, and counts them as consumed. Ends the
-/// connection if the verdict passed bytes it could not vouch for: nothing
-/// after them is forwarded.
+/// connection if the verdict passed bytes it could not vouch for, or its
+/// records do not add up: nothing after them is forwarded.
 fn discard_repeats(w: &mut Way, flow: &FlowStats, buf: &mut Vec<u8>) -> Result<(), End> {
     if flow.seq_unknown > 0 {
         return Err(End::Aborted(format!(
@@ -558,13 +576,31 @@ fn discard_repeats(w: &mut Way, flow: &FlowStats, buf: &mut Vec<u8>) -> Result<(
             flow.skip_overflow
         )));
     }
+    let start = w.ctl.consumed;
+    let end = start + buf.len() as u64;
+    // Records of bytes past this read are the next reads' (and may be
+    // being written): only those that begin inside it count.
     let ranges: Vec<(u64, u64)> = (w.ctl.skips_done..flow.skips)
         .map(|i| {
             let slot = (i % SKIP_RING as u64) as usize;
             (flow.skip_at[slot], flow.skip_at[slot] + flow.skip_len[slot])
         })
+        .take_while(|&(from, _)| from < end)
         .collect();
-    let (removed, done) = strip(buf, w.ctl.consumed, &ranges);
+    // Ascending and disjoint, the first still open: anything else is a
+    // record misread, and guessing would forward a repeat or drop a byte.
+    let mut floor = start;
+    for (k, &(from, to)) in ranges.iter().enumerate() {
+        let sane = to > floor && (k == 0 || from >= floor) && from < to;
+        if !sane {
+            return Err(End::Aborted(format!(
+                "overlap record [{from}, {to}) does not follow the passed bytes \
+                 already handled ({floor}); bytes after it are not forwarded"
+            )));
+        }
+        floor = to;
+    }
+    let (removed, done) = strip(buf, start, &ranges);
     w.ctl.skips_done += done as u64;
     w.ctl.consumed += removed;
     w.skipped += removed;
