@@ -143,7 +143,7 @@ fn cache_dir() -> PathBuf {
 
 /// Runs `plan` on each kernel in `names` and prints the table; fails if any
 /// kernel failed.
-pub fn run(names: &[&str], plan: Plan, readme: bool) -> anyhow::Result<()> {
+pub fn run(names: &[&str], plan: Plan, write_docs: bool) -> anyhow::Result<()> {
     let series: Vec<&'static Series> = names
         .iter()
         .map(|n| {
@@ -191,8 +191,8 @@ pub fn run(names: &[&str], plan: Plan, readme: bool) -> anyhow::Result<()> {
     let table = table(&outcomes, plan);
     println!("\n{table}");
     fs::write(matrix_dir().join(format!("{}.md", plan.name())), &table)?;
-    if readme {
-        update_readme(&table)?;
+    if write_docs {
+        update_docs(&table)?;
     }
     let bad: Vec<_> = outcomes
         .iter()
@@ -812,7 +812,7 @@ impl Serial {
     }
 }
 
-/// The markdown table the README holds.
+/// The markdown table docs/kernels.md holds.
 fn table(outcomes: &[Outcome], plan: Plan) -> String {
     let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
     let mut t = format!(
@@ -889,17 +889,17 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "CPU".into())
 }
 
-/// Replaces the table between the README's kernel-matrix markers.
-fn update_readme(table: &str) -> anyhow::Result<()> {
-    let path = util::root().join("README.md");
+/// Replaces the table between docs/kernels.md's kernel-matrix markers.
+fn update_docs(table: &str) -> anyhow::Result<()> {
+    let path = util::root().join("docs/kernels.md");
     let text = fs::read_to_string(&path)?;
     let (begin, end) = ("<!-- kernel-matrix:begin -->", "<!-- kernel-matrix:end -->");
     let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
-        bail!("README.md has no {begin} ... {end} section");
+        bail!("docs/kernels.md has no {begin} ... {end} section");
     };
     let new = format!("{}{begin}\n{table}{}", &text[..a], &text[b..]);
     fs::write(&path, new)?;
-    eprintln!("xtask: README.md kernel table updated");
+    eprintln!("xtask: docs/kernels.md kernel table updated");
     Ok(())
 }
 

@@ -53,9 +53,9 @@ enum Command {
         /// Skip the quick kernel matrix that follows the tests on this machine.
         #[arg(long)]
         no_kernels: bool,
-        /// Rewrite README.md's kernel table with this run's.
+        /// Rewrite the kernel table in docs/kernels.md with this run's.
         #[arg(long)]
-        readme: bool,
+        docs: bool,
         /// Passed to `cargo test` (a test name filter, `--nocapture`...).
         #[arg(last = true)]
         args: Vec<String>,
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
                 no_lint,
                 kernel: Some(which),
                 quick,
-                readme,
+                docs,
                 ..
             } => {
                 if !no_lint {
@@ -109,13 +109,13 @@ fn main() -> ExitCode {
                 } else {
                     kernel::Plan::Full
                 };
-                kernel::run(&names, plan, readme)
+                kernel::run(&names, plan, docs)
             }
             Command::Test {
                 no_lint,
                 kernel: None,
                 no_kernels,
-                readme,
+                docs,
                 args,
                 ..
             } => {
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
                 let guests = if no_kernels || !args.is_empty() {
                     Ok(())
                 } else {
-                    kernel::run(kernel::QUICK, kernel::Plan::Quick, readme)
+                    kernel::run(kernel::QUICK, kernel::Plan::Quick, docs)
                 };
                 host.and(guests)
             }
