@@ -37,7 +37,7 @@ pub struct Args {
     #[command(flatten)]
     pub dataplane: dataplane::DataplaneArgs,
     /// How long to wait for a backend to accept (Istio's default: 10s).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::cli::parse_duration)]
     pub connect_timeout: Duration,
     /// Refuse to start unless a target accepts a connection. By default the
     /// gateway starts whatever its targets do, like HAProxy, nginx and
@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "check_targets")]
     pub no_check_targets: bool,
     /// On SIGINT/SIGTERM, how long to let open connections finish.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::cli::parse_duration)]
     pub drain_timeout: Duration,
 }
 

@@ -19,6 +19,31 @@ pub use netns::{Netns, Topology};
 use rand::{rngs::SmallRng, RngCore as _, SeedableRng as _};
 use sha2::{Digest as _, Sha256};
 
+/// Whether this process may do what the end-to-end tests do (load BPF
+/// programs, create network namespaces, bind where it likes): root. If not,
+/// says which test is skipped and why, so that a plain `cargo test` as a
+/// normal user passes with the reason in its output; `cargo xtask test`
+/// runs as root and runs them all.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("skipped {test}: needs root (it loads BPF programs and creates network namespaces)");
+    false
+}
+
+/// Returns from the calling test, saying so, unless it runs as root.
+#[macro_export]
+macro_rules! needs_root {
+    () => {
+        let here = std::any::type_name_of_val(&|| ());
+        if !$crate::privileged(here.trim_end_matches("::{{closure}}")) {
+            return;
+        }
+    };
+}
+
 /// Longest any single socket operation in a test may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -59,6 +59,7 @@ fn sized() -> (u64, usize, u64) {
 
 #[test]
 fn bulk_both_ways_ebpf() {
+    gateway_tests::needs_root!();
     let (runs, at_once, len) = sized();
     series("ebpf", runs, at_once, len);
 }
@@ -67,6 +68,7 @@ fn bulk_both_ways_ebpf() {
 /// copy path and moves mid-stream, where a partly read skb is still queued.
 #[test]
 fn bulk_both_ways_auto_bulk_in_kernel() {
+    gateway_tests::needs_root!();
     let (runs, at_once, len) = sized();
     series("auto-ebpf", runs, at_once, len);
 }

@@ -17,51 +17,61 @@ fn each(net: &Net, f: impl Fn(&Net, &str)) {
 
 #[test]
 fn sizes_loopback() {
+    gateway_tests::needs_root!();
     each(&Net::Loopback, scenarios::sizes);
 }
 
 #[test]
 fn sizes_veth() {
+    gateway_tests::needs_root!();
     each(&Net::veth(), scenarios::sizes);
 }
 
 #[test]
 fn half_close_loopback() {
+    gateway_tests::needs_root!();
     each(&Net::Loopback, scenarios::half_close);
 }
 
 #[test]
 fn half_close_veth() {
+    gateway_tests::needs_root!();
     each(&Net::veth(), scenarios::half_close);
 }
 
 #[test]
 fn early_data_loopback() {
+    gateway_tests::needs_root!();
     each(&Net::Loopback, scenarios::early_data);
 }
 
 #[test]
 fn early_data_veth() {
+    gateway_tests::needs_root!();
     each(&Net::veth(), scenarios::early_data);
 }
 
 #[test]
 fn resets_loopback() {
+    gateway_tests::needs_root!();
     each(&Net::Loopback, scenarios::resets);
 }
 
 #[test]
 fn resets_veth() {
+    gateway_tests::needs_root!();
     each(&Net::veth(), scenarios::resets);
 }
 
 #[test]
 fn backpressure_one_stalled_reader_veth() {
+    gateway_tests::needs_root!();
     each(&Net::veth(), |n, dp| scenarios::backpressure(n, dp, 1));
 }
 
 #[test]
 fn backpressure_many_stalled_readers_veth() {
+    gateway_tests::needs_root!();
     let readers = if gateway_tests::reduced() { 4 } else { 8 };
     each(&Net::veth(), |n, dp| {
         scenarios::backpressure(n, dp, readers)

@@ -47,6 +47,7 @@ fn bulk(dataplane: &str) -> serde_json::Value {
 
 #[test]
 fn bulk_64mib_each_way_ebpf_in_kernel() {
+    gateway_tests::needs_root!();
     let stats = bulk("ebpf");
     assert_eq!(stats["dataplane"], "ebpf");
     assert_eq!(u64_of(&stats, &["dataplane_ebpf"]), 1, "{stats}");
@@ -75,6 +76,7 @@ fn bulk_64mib_each_way_ebpf_in_kernel() {
 /// the bytes.
 #[test]
 fn bulk_64mib_one_way_ebpf_mostly_in_kernel() {
+    gateway_tests::needs_root!();
     let len = 64 * MIB;
     let small = 1024;
     // A small request then a 64 MiB answer; a 64 MiB upload then a small answer.
@@ -108,6 +110,7 @@ fn bulk_64mib_one_way_ebpf_mostly_in_kernel() {
 /// and the counters report them (since start-up, like the byte totals).
 #[test]
 fn bpf_stats_count_the_verdict_runs() {
+    gateway_tests::needs_root!();
     let len = 16 * MIB;
     let backend = StreamBackend::with_order(2, len, Order::Concurrent);
     let gw = Gateway::forward(backend.addr, "ebpf", &["--bpf-stats"]);
@@ -161,6 +164,7 @@ fn bpf_stats_count_the_verdict_runs() {
 /// once and in order across the move.
 #[test]
 fn bulk_64mib_each_way_auto_moves_to_splice() {
+    gateway_tests::needs_root!();
     let stats = bulk("auto");
     assert_eq!(stats["dataplane"], "auto");
     assert_eq!(u64_of(&stats, &["connections_bulk_spliced"]), 1, "{stats}");
@@ -178,6 +182,7 @@ fn bulk_64mib_each_way_auto_moves_to_splice() {
 /// read skb at insertion would be sent twice).
 #[test]
 fn bulk_64mib_each_way_auto_bulk_path_ebpf_moves_into_the_kernel() {
+    gateway_tests::needs_root!();
     let stats = bulk("auto-ebpf");
     assert_eq!(u64_of(&stats, &["connections_promoted"]), 1, "{stats}");
     assert_eq!(u64_of(&stats, &["dataplane_ebpf"]), 1, "{stats}");
@@ -193,6 +198,7 @@ fn bulk_64mib_each_way_auto_bulk_path_ebpf_moves_into_the_kernel() {
 /// reads; the answers stay whole and in order across the move.
 #[test]
 fn auto_moves_a_chatty_connection_into_the_kernel() {
+    gateway_tests::needs_root!();
     use std::io::{BufRead, BufReader, Write};
     let port = free_port();
     let _echo = TcpEcho::start(port, "one");
@@ -233,6 +239,7 @@ fn auto_moves_a_chatty_connection_into_the_kernel() {
 /// readable for good; asking for that readiness spun the relay on a core).
 #[test]
 fn a_half_closed_connection_waits_without_spinning() {
+    gateway_tests::needs_root!();
     use gateway_tests::scenarios::Backend;
     use std::io::{Read, Write};
     for dp in ["ebpf", "auto", "splice", "userspace"] {
@@ -274,6 +281,7 @@ fn a_half_closed_connection_waits_without_spinning() {
 
 #[test]
 fn bulk_64mib_each_way_splice() {
+    gateway_tests::needs_root!();
     let stats = bulk("splice");
     assert_eq!(u64_of(&stats, &["bytes_spliced"]), 128 * MIB, "{stats}");
     assert_eq!(u64_of(&stats, &["bytes_agent_copied"]), 0, "{stats}");
@@ -281,6 +289,7 @@ fn bulk_64mib_each_way_splice() {
 
 #[test]
 fn bulk_64mib_each_way_userspace() {
+    gateway_tests::needs_root!();
     let stats = bulk("userspace");
     assert_eq!(
         u64_of(&stats, &["bytes_agent_copied"]),
@@ -297,6 +306,7 @@ fn bulk_64mib_each_way_userspace() {
 /// dataplane before the gateway turned it off).
 #[test]
 fn small_writes_are_not_held_back_on_every_dataplane() {
+    gateway_tests::needs_root!();
     use gateway_tests::scenarios::Backend;
     use std::io::{Read, Write};
     const HALF: usize = 100;
@@ -355,6 +365,7 @@ fn small_writes_are_not_held_back_on_every_dataplane() {
 /// the per-user pipe limits do not bind the gateway).
 #[test]
 fn splice_pipes_are_held_only_while_bytes_move() {
+    gateway_tests::needs_root!();
     use std::io::{Read, Write};
     const SMALL: usize = 64 << 10;
     const CONNS: usize = 50;
@@ -448,6 +459,7 @@ fn splice_pipes_are_held_only_while_bytes_move() {
 /// Istio's task: `(date; sleep 1) | nc GATEWAY 31400` gets `one <date>`.
 #[test]
 fn tcp_echo_line_with_half_close_on_every_dataplane() {
+    gateway_tests::needs_root!();
     let port = free_port();
     let _echo = TcpEcho::start(port, "one");
     let to = format!("127.0.0.1:{port}");
@@ -504,6 +516,7 @@ fn assert_one_line_error(code: Option<i32>, stderr: &str, needle: &str) {
 
 #[test]
 fn with_check_targets_fails_clearly_when_no_target_is_reachable() {
+    gateway_tests::needs_root!();
     // Nothing listens on this port: connection refused.
     let dead = format!("127.0.0.1:{}", free_port());
     let (code, err) = gateway_fails(
@@ -523,6 +536,7 @@ fn with_check_targets_fails_clearly_when_no_target_is_reachable() {
 
 #[test]
 fn fails_clearly_when_the_port_is_in_use() {
+    gateway_tests::needs_root!();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     let echo_port = free_port();
@@ -548,6 +562,7 @@ fn fails_clearly_when_the_port_is_in_use() {
 /// SO_REUSEPORT) already listening: refused, not silently sharing it.
 #[test]
 fn fails_clearly_when_another_gateway_has_the_port() {
+    gateway_tests::needs_root!();
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let to = format!("127.0.0.1:{echo_port}");
@@ -570,6 +585,7 @@ fn fails_clearly_when_another_gateway_has_the_port() {
 /// connections over them, and each is served where it was accepted.
 #[test]
 fn connections_are_spread_over_the_workers() {
+    gateway_tests::needs_root!();
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let gw = Gateway::forward(
@@ -611,6 +627,7 @@ fn connections_are_spread_over_the_workers() {
 
 #[test]
 fn fails_clearly_without_privileges_for_ebpf() {
+    gateway_tests::needs_root!();
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let to = format!("127.0.0.1:{echo_port}");
@@ -632,6 +649,7 @@ fn fails_clearly_without_privileges_for_ebpf() {
 
 #[test]
 fn auto_says_which_dataplane_it_chose() {
+    gateway_tests::needs_root!();
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let to = format!("127.0.0.1:{echo_port}");
@@ -647,6 +665,7 @@ fn auto_says_which_dataplane_it_chose() {
 
 #[test]
 fn auto_runs_on_splice_when_the_kernel_path_fails_its_startup_check() {
+    gateway_tests::needs_root!();
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let to = format!("127.0.0.1:{echo_port}");
@@ -676,6 +695,7 @@ fn auto_runs_on_splice_when_the_kernel_path_fails_its_startup_check() {
 
 #[test]
 fn ebpf_refuses_to_start_when_the_kernel_path_fails_its_startup_check() {
+    gateway_tests::needs_root!();
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let to = format!("127.0.0.1:{echo_port}");
@@ -698,6 +718,7 @@ fn ebpf_refuses_to_start_when_the_kernel_path_fails_its_startup_check() {
 
 #[test]
 fn the_startup_check_leaves_no_trace_in_the_counters() {
+    gateway_tests::needs_root!();
     let echo_port = free_port();
     let _echo = TcpEcho::start(echo_port, "one");
     let to = format!("127.0.0.1:{echo_port}");
@@ -725,6 +746,7 @@ fn the_startup_check_leaves_no_trace_in_the_counters() {
 /// order and that the verdict and the agent account for all of them.
 #[test]
 fn kernel_facts() {
+    gateway_tests::needs_root!();
     use std::io::{Read as _, Write as _};
     const N: usize = 1000;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

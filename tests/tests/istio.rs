@@ -76,6 +76,7 @@ fn task(tag: &str) -> (TempDir, Backends, Agent) {
 /// change leaves the connections opened before it where they were.
 #[test]
 fn traffic_shifting_task() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("task");
     let backends = Backends::start();
     let agent = Agent::start(&dir.path, unique_ip(), &[]);
@@ -202,6 +203,7 @@ fn refused(dir: &TempDir, agent: &Agent, name: &str, text: &str, pieces: &[&str]
 
 #[test]
 fn bad_input_is_refused_and_the_old_config_keeps_serving() {
+    gateway_tests::needs_root!();
     let (dir, _backends, agent) = task("bad");
     let mut held = Held::open(agent.addr(PORT));
     assert_eq!(held.who("first"), "one");
@@ -352,6 +354,7 @@ fn bad_input_is_refused_and_the_old_config_keeps_serving() {
 /// deleted; connections accepted before keep going.
 #[test]
 fn gateway_ports_open_and_close_with_their_gateways() {
+    gateway_tests::needs_root!();
     let (dir, _backends, agent) = task("ports");
     let port = free_port_on(agent.ip);
     let second = dir.write("second.yaml", &gateway_with_route("second", port, "v2"));
@@ -401,6 +404,7 @@ fn gateway_ports_open_and_close_with_their_gateways() {
 /// What was applied survives a restart; --config files load with it.
 #[test]
 fn applied_state_survives_a_restart() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("restart");
     let backends = Backends::start();
     // The endpoints come from --config, without a namespace: --namespace.
@@ -473,6 +477,7 @@ fn applied_state_survives_a_restart() {
 /// until it applies what the files say.
 #[test]
 fn config_files_are_watched() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("watch");
     let backends = Backends::start();
     let config = TempDir::new("watch-config");
@@ -555,6 +560,7 @@ fn config_files_are_watched() {
 
 #[test]
 fn validate_checks_offline() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("validate");
     let endpoints = dir.write(
         "endpoints.yaml",
@@ -619,6 +625,7 @@ fn validate_checks_offline() {
 
 #[test]
 fn bad_config_at_start_exits_64() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("start");
     let bad = dir.write(
         "bad.yaml",
@@ -679,6 +686,7 @@ fn bad_config_at_start_exits_64() {
 /// Every endpoint refuses: the client is closed at once, and counted.
 #[test]
 fn a_route_whose_endpoints_all_refuse_closes_the_client_at_once() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("refuse");
     let agent = Agent::start(&dir.path, unique_ip(), &[]);
     // Ports nothing listens on.
@@ -723,6 +731,7 @@ fn a_route_whose_endpoints_all_refuse_closes_the_client_at_once() {
 /// connection is made, every address tried.
 #[test]
 fn dns_endpoints_are_resolved_when_connecting() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("dns");
     let backends = Backends::start();
     let agent = Agent::start(&dir.path, unique_ip(), &[]);
@@ -764,6 +773,7 @@ spec:
 /// own agent, at the same time).
 #[test]
 fn idle_timeout_ends_idle_connections_on_every_dataplane() {
+    gateway_tests::needs_root!();
     let backends = Backends::start();
     std::thread::scope(|s| {
         let runs: Vec<_> = ["ebpf", "splice", "userspace"]
@@ -819,6 +829,7 @@ fn idle_timeout_on(dp: &str, backends: &Backends) {
 
 #[test]
 fn the_admin_socket_is_root_only() {
+    gateway_tests::needs_root!();
     let dir = TempDir::new("admin");
     let agent = Agent::start(&dir.path, unique_ip(), &[]);
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};

@@ -53,6 +53,7 @@ fn full_listener() -> (TcpListener, TcpStream) {
 
 #[test]
 fn a_refused_backend_makes_the_connection_try_the_next() {
+    gateway_tests::needs_root!();
     for dp in ["ebpf", "splice", "userspace"] {
         let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
         let dead = format!("127.0.0.1:{}", free_port());
@@ -85,6 +86,7 @@ fn a_refused_backend_makes_the_connection_try_the_next() {
 /// family.
 #[test]
 fn ipv6_clients_and_backends_are_served_on_every_dataplane() {
+    gateway_tests::needs_root!();
     let Ok(l) = TcpListener::bind("[::1]:0") else {
         eprintln!("no IPv6 loopback here: nothing to test");
         return;
@@ -114,6 +116,7 @@ fn ipv6_clients_and_backends_are_served_on_every_dataplane() {
 
 #[test]
 fn without_a_backend_the_client_is_closed_at_once_and_counted() {
+    gateway_tests::needs_root!();
     let dead = format!("127.0.0.1:{}", free_port());
     // No flag: a gateway starts whether its targets answer or not.
     let gw = Gateway::start(&["forward", "--listen", "127.0.0.1:0", "--to", &dead]);
@@ -157,6 +160,7 @@ fn without_a_backend_the_client_is_closed_at_once_and_counted() {
 /// it closed meanwhile.
 #[test]
 fn a_gateway_started_before_its_target_serves_it_once_it_answers() {
+    gateway_tests::needs_root!();
     let port = free_port();
     let target = format!("127.0.0.1:{port}");
     let gw = Gateway::start(&["forward", "--listen", "127.0.0.1:0", "--to", &target]);
@@ -200,6 +204,7 @@ fn a_gateway_started_before_its_target_serves_it_once_it_answers() {
 
 #[test]
 fn a_backend_that_never_answers_times_out_and_the_next_one_serves() {
+    gateway_tests::needs_root!();
     let (hole, _filler) = full_listener();
     let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
     let to = format!("{},{}", hole.local_addr().expect("addr"), backend.addr);
@@ -248,6 +253,7 @@ fn a_backend_that_never_answers_times_out_and_the_next_one_serves() {
 
 #[test]
 fn a_connection_beyond_the_map_capacity_runs_on_splice() {
+    gateway_tests::needs_root!();
     let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
     let gw = Gateway::forward(backend.addr, "ebpf", &["--max-connections", "1"]);
     // The first connection fills the maps and stays open.
@@ -275,6 +281,7 @@ fn a_connection_beyond_the_map_capacity_runs_on_splice() {
 /// the kernel path serves it and the agent's drain rule forwards the FIN.
 #[test]
 fn a_client_that_half_closed_before_insertion_is_served() {
+    gateway_tests::needs_root!();
     // The backend's accept queue is full, so the gateway's dial waits for a
     // SYN retransmission (about a second) while the client sends and closes.
     let (l, filler) = full_listener();
@@ -318,6 +325,7 @@ fn a_client_that_half_closed_before_insertion_is_served() {
 /// the FIN), and here with the pause (1 MiB of 4).
 #[test]
 fn a_peer_fin_during_insertion_loses_nothing() {
+    gateway_tests::needs_root!();
     const UP: u64 = 4 << 20;
     // The backend sends nothing, or 64 KiB (which fits in the gateway's
     // receive buffer), then its FIN, 50 ms after it accepted: after the
@@ -396,6 +404,7 @@ fn settled(gw: &Gateway) -> serde_json::Value {
 
 #[test]
 fn ten_thousand_connections_leave_nothing_behind() {
+    gateway_tests::needs_root!();
     let backend = Backend::echo(TcpListener::bind("127.0.0.1:0").expect("bind"));
     let gw = Gateway::forward(backend.addr, "ebpf", &[]);
     // Warm up what is allocated once, then take the baseline.
@@ -495,6 +504,7 @@ fn raise_nofile() -> u64 {
 
 #[test]
 fn ten_thousand_idle_connections_at_once() {
+    gateway_tests::needs_root!();
     // The agent holds two sockets per connection. It raises its limit to
     // `fs.nr_open` when it has CAP_SYS_RESOURCE; where it has not (this
     // sandbox: a hard limit of 20,000), ask for what fits.

@@ -20,11 +20,13 @@ fn check(net: &Net, dp: &str, n: u64, seed: u64) {
 
 #[test]
 fn mixed_ebpf_loopback() {
+    gateway_tests::needs_root!();
     check(&Net::Loopback, "ebpf", 2000, 1);
 }
 
 #[test]
 fn mixed_ebpf_veth() {
+    gateway_tests::needs_root!();
     check(&Net::veth(), "ebpf", 1000, 2);
 }
 
@@ -32,21 +34,25 @@ fn mixed_ebpf_veth() {
 /// splice; with `auto-ebpf`, into the kernel), the smaller ones end on it.
 #[test]
 fn mixed_auto_loopback() {
+    gateway_tests::needs_root!();
     check(&Net::Loopback, "auto", 600, 5);
 }
 
 #[test]
 fn mixed_auto_bulk_in_kernel_loopback() {
+    gateway_tests::needs_root!();
     check(&Net::Loopback, "auto-ebpf", 600, 7);
 }
 
 #[test]
 fn mixed_auto_bulk_in_kernel_veth() {
+    gateway_tests::needs_root!();
     check(&Net::veth(), "auto-ebpf", 500, 6);
 }
 
 #[test]
 fn mixed_splice_and_userspace_veth() {
+    gateway_tests::needs_root!();
     let net = Net::veth();
     check(&net, "splice", 300, 3);
     check(&net, "userspace", 300, 4);

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the gateway on each dataplane against direct
 //! connections, HAProxy and nginx, on loopback in a namespace and across
 //! veth pairs. Installs the Debian packages the bench drives, builds the
-//! gateway and the bench (`tests/src/bench`) with the release profile, and
+//! gateway and the bench (`tests/bench`) with the release profile, and
 //! runs it as root. Results go to `target/bench/` (results.md,
 //! results.json, chart.png); the table is printed too.
 use std::process::Command;
@@ -61,9 +61,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "build",
         "--release",
         "--package",
-        "gateway-tests",
-        "--features",
-        "bench",
+        "gateway-bench",
         "--bin",
         "bench",
     ]))?;

@@ -417,6 +417,7 @@ fn initramfs() -> anyhow::Result<PathBuf> {
     build
         .args(["build", "--release", "--target", triple])
         .args(["--package", "gateway-user", "--package", "gateway-tests"])
+        .args(["--features", "gateway-user/test-hooks"])
         .args([
             "--bins",
             "--tests",

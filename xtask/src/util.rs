@@ -106,9 +106,6 @@ pub fn lint() -> anyhow::Result<()> {
         "--exclude",
         "gateway-ebpf",
         "--all-targets",
-        // The bench binary too (`cargo xtask bench`).
-        "--features",
-        "gateway-tests/bench",
         "--",
         "--deny",
         "warnings",
@@ -141,11 +138,18 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load BPF programs and create network namespaces: run them as root");
     }
-    run(cargo().args(["build", "--package", "gateway-user"]))?;
+    // With the fault hooks the tests drive; `cargo test` below does not
+    // rebuild the binaries (gateway-user has no integration tests).
+    run(cargo().args([
+        "build",
+        "--package",
+        "gateway-user",
+        "--features",
+        "test-hooks",
+    ]))?;
     let mut cmd = cargo();
-    // The bench binary's own unit tests (parsing, report) too.
+    // The bench's own unit tests (parsing, report) too.
     cmd.args(["test", "--workspace", "--exclude", "gateway-ebpf"])
-        .args(["--features", "gateway-tests/bench"])
         .args(args)
         .current_dir(root())
         .stdout(Stdio::piped());
@@ -190,7 +194,13 @@ pub fn soak(minutes: f64, seed: Option<u64>) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the soak loads BPF programs and creates network namespaces: run it as root");
     }
-    run(cargo().args(["build", "--package", "gateway-user"]))?;
+    run(cargo().args([
+        "build",
+        "--package",
+        "gateway-user",
+        "--features",
+        "test-hooks",
+    ]))?;
     run(cargo().args(["build", "--package", "gateway-tests", "--bin", "soak"]))?;
     let mut cmd = Command::new(bin(false, "soak"));
     cmd.arg(minutes.to_string());

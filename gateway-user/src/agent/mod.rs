@@ -82,10 +82,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub dataplane: crate::dataplane::DataplaneArgs,
     /// How often --config files are checked for changes.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::cli::parse_duration)]
     pub watch_interval: Duration,
     /// On SIGINT/SIGTERM, how long to let open connections finish.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::cli::parse_duration)]
     pub drain_timeout: Duration,
 }
 

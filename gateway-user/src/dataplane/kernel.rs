@@ -110,11 +110,17 @@ pub struct Kernel {
 }
 
 /// `GATEWAY_TEST_ATTACH_PAUSE_MS`: see [`Kernel::attach_pause`].
+#[cfg(feature = "test-hooks")]
 fn attach_pause() -> Option<std::time::Duration> {
     std::env::var("GATEWAY_TEST_ATTACH_PAUSE_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(std::time::Duration::from_millis)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn attach_pause() -> Option<std::time::Duration> {
+    None
 }
 
 /// The two cookies of an attached connection.

@@ -34,6 +34,14 @@ fn main() -> ExitCode {
         };
         let dp = ["ebpf", "ebpf", "splice", "userspace"][rng.random_range(0..4)];
         let which = rng.random_range(0..9);
+        // Bulk both ways runs on the kernel path, moved there mid-stream or
+        // from the start: where retransmitted segments straddle what TCP
+        // already has (docs/datapath.md).
+        let dp = match which {
+            8 if rng.random_range(0..2) == 0 => "auto-ebpf",
+            8 => "ebpf",
+            _ => dp,
+        };
         let round_seed: u64 = rng.random();
         let name = [
             "mixed",
@@ -75,14 +83,6 @@ fn main() -> ExitCode {
                 (4, 4 * 96 * 1024 * 1024, 0)
             }
             _ => {
-                // Bulk both ways on the kernel path, moved there mid-stream
-                // or from the start: where retransmitted segments straddle
-                // what TCP already has (docs/datapath.md).
-                let dp = if dp == "ebpf" && rng.random_range(0..2) == 0 {
-                    "auto-ebpf"
-                } else {
-                    "ebpf"
-                };
                 let b = scenarios::bulk_echo(&net, dp, 2, 2, 256 * 1024 * 1024);
                 for f in &b.failures {
                     eprintln!("soak: bulk {dp}: {f}");
