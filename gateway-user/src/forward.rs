@@ -10,14 +10,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use tokio::{
-    io::Interest,
-    net::{TcpListener, TcpStream},
-};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     dataplane::{self, Dataplane},
-    stats::Stats,
+    proxy::dial::connect,
+    telemetry::Stats,
 };
 
 #[derive(Debug, clap::Args)]
@@ -67,47 +65,6 @@ fn resolve(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
         .collect()
 }
 
-/// Connects to a backend within `timeout`.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    match tokio::time::timeout(timeout, connecting(addr)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-    }
-}
-
-/// Connects to a backend, with Nagle's algorithm off like the client's side
-/// (see [`crate::workers::Workers::bind`]): a relay must not hold back a
-/// small write while an earlier one is unacknowledged. With it on, a client
-/// that sends a request in two writes waited for the backend's delayed ACK:
-/// 40 ms per request on every dataplane (the kernel path's psock worker
-/// sends through the same TCP code).
-///
-/// The outcome is read from the readiness alone: a socket whose connect
-/// failed is write-closed (`EPOLLHUP`, or `EPOLLERR` with `EPOLLOUT`), one
-/// that connected is only writable; the error itself is asked for only on
-/// failure. (tokio's own connect asks for it every time: one `getsockopt`
-/// per connection.)
-pub(crate) async fn connecting(addr: SocketAddr) -> io::Result<TcpStream> {
-    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
-    // mio's connect starts it (non-blocking, close-on-exec) and returns.
-    let started = mio::net::TcpStream::connect(addr)?;
-    started.set_nodelay(true)?;
-    // SAFETY: the descriptor moves from mio's stream, which gives it up, to
-    // std's, which owns it from here.
-    let started = unsafe { std::net::TcpStream::from_raw_fd(started.into_raw_fd()) };
-    let stream = TcpStream::from_std(started)?;
-    let ready = stream.ready(Interest::WRITABLE | Interest::ERROR).await?;
-    if ready.is_write_closed() || ready.is_error() {
-        return Err(crate::sys::take_error(&stream)?.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed while connecting",
-            )
-        }));
-    }
-    Ok(stream)
-}
-
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let addrs = resolve(&args.to)?;
     let targets = Arc::new(Targets::new(addrs, args.connect_timeout));
@@ -148,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = crate::shutdown_signal();
     tokio::pin!(shutdown);
     let dp = Dataplane::start(&args.dataplane, stats.clone()).await?;
-    let workers = crate::workers::Workers::start(args.dataplane.workers)
+    let workers = crate::proxy::workers::Workers::start(args.dataplane.workers)
         .context("cannot start the worker threads")?;
     let listeners = workers
         .bind(args.listen)
@@ -174,12 +131,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         stats: stats.clone(),
         targets,
         next: AtomicUsize::new(0),
-        tasks: crate::tasks::Tasks::default(),
+        tasks: crate::proxy::tasks::Tasks::default(),
     });
     let accepting = workers.serve(listeners, |listener| accept_loop(listener, shared.clone()));
     loop {
         tokio::select! {
-            _ = usr1.recv() => report(&stats, &shared.dp),
+            _ = usr1.recv() => crate::proxy::report::report(&stats, &shared.dp),
             () = &mut shutdown => break,
         }
     }
@@ -191,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = task.await;
     }
     shared.tasks.drain(args.drain_timeout).await;
-    report(&stats, &shared.dp);
+    crate::proxy::report::report(&stats, &shared.dp);
     Ok(())
 }
 
@@ -202,7 +159,7 @@ struct Shared {
     targets: Arc<Targets>,
     /// Round robin over `targets`, across all workers.
     next: AtomicUsize,
-    tasks: crate::tasks::Tasks,
+    tasks: crate::proxy::tasks::Tasks,
 }
 
 /// The targets, and which of them are known not to answer.
@@ -271,7 +228,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         .local_addr()
         .map_or_else(|_| "the listening socket".to_owned(), |a| a.to_string());
     loop {
-        let (client, peer) = crate::workers::accept(&listener, &what).await;
+        let (client, peer) = crate::proxy::workers::accept(&listener, &what).await;
         Stats::inc(&shared.stats.connections_accepted);
         let s = shared.clone();
         shared.tasks.spawn(async move {
@@ -287,40 +244,4 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         });
     }
-}
-
-/// Prints the counters as one JSON line on stdout.
-pub fn report(stats: &Stats, dp: &Dataplane) {
-    println!("{}", serde_json::Value::Object(counters(stats, dp)));
-}
-
-/// The counters [`report`] prints, for callers that add their own.
-pub(crate) fn counters(
-    stats: &Stats,
-    dp: &Dataplane,
-) -> serde_json::Map<String, serde_json::Value> {
-    let mut json = stats.to_json();
-    let put = |json: &mut serde_json::Map<String, serde_json::Value>, v: serde_json::Value| {
-        if let serde_json::Value::Object(m) = v {
-            json.extend(m);
-        }
-    };
-    put(
-        &mut json,
-        serde_json::to_value(dp.conns().gauge()).unwrap_or_default(),
-    );
-    put(
-        &mut json,
-        serde_json::to_value(crate::conns::Process::read()).unwrap_or_default(),
-    );
-    json.insert("dataplane".into(), dp.kind().to_string().into());
-    if let Some(k) = dp.kernel() {
-        json.insert(
-            "kernel".into(),
-            serde_json::to_value(k.totals()).unwrap_or_default(),
-        );
-        let (socks, peers, flows) = k.occupancy();
-        json.insert("map_entries".into(), (socks + peers + flows).into());
-    }
-    json
 }

@@ -4,14 +4,12 @@
 pub mod cli;
 
 mod agent;
-mod conns;
 mod dataplane;
 mod forward;
 mod istio;
-mod stats;
+mod proxy;
 mod sys;
-mod tasks;
-mod workers;
+mod telemetry;
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
 /// called, not when the future is first polled, so a signal that comes

@@ -114,6 +114,10 @@ pub fn copied_seq(fd: &impl AsRawFd) -> io::Result<u32> {
     const TCP_REPAIR_ON: libc::c_int = 1;
     const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
     const TCP_RECV_QUEUE: libc::c_int = 1;
+    // Leaving repair mode resets `sk_reuse`: an accepted socket that had
+    // SO_REUSEADDR from its listener would then block a new listener on
+    // the port while it lives. Put back as it was.
+    let reuse = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?.0;
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_ON)?;
     let seq = (|| {
         setsockopt(
@@ -141,8 +145,10 @@ pub fn copied_seq(fd: &impl AsRawFd) -> io::Result<u32> {
         libc::TCP_REPAIR,
         TCP_REPAIR_OFF_NO_WP,
     );
+    let restored = setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
     let seq = seq?;
     off?;
+    restored?;
     let state = tcp_info(fd)?.state;
     // ESTABLISHED or FIN_WAIT1/2 (we sent a FIN; the peer has not): no FIN
     // received, so SIOCINQ counted every sequence number before rcv_nxt.
@@ -384,4 +390,59 @@ pub fn kick_write_space(fd: &impl AsRawFd) -> io::Result<()> {
     // The kernel reports twice the value it was given (bookkeeping overhead).
     let (size, _) = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, (size / 2).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    /// `copied_seq` moves by exactly what a reader takes, and leaves the
+    /// socket's SO_REUSEADDR as it found it. Needs CAP_NET_ADMIN.
+    #[test]
+    fn copied_seq_follows_the_reads() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: repair mode needs CAP_NET_ADMIN");
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        setsockopt(
+            &server,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            1 as libc::c_int,
+        )
+        .expect("reuse");
+        client.write_all(&[7u8; 5000]).expect("write");
+        let mut buf = [0u8; 1234];
+        server.read_exact(&mut buf).expect("read");
+        let first = copied_seq(&server).expect("copied_seq");
+        server.read_exact(&mut buf[..1000]).expect("read");
+        let second = copied_seq(&server).expect("copied_seq");
+        assert_eq!(second.wrapping_sub(first), 1000);
+        let reuse = getsockopt::<libc::c_int>(&server, libc::SOL_SOCKET, libc::SO_REUSEADDR)
+            .expect("getsockopt")
+            .0;
+        assert_eq!(reuse, 1, "SO_REUSEADDR not restored");
+        // The socket still works both ways.
+        server.write_all(b"ok").expect("server write");
+        let mut two = [0u8; 2];
+        client.read_exact(&mut two).expect("client read");
+        assert_eq!(&two, b"ok");
+        drop(client);
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).expect("read the rest");
+        assert_eq!(rest.len(), 5000 - 1234 - 1000);
+        assert!(
+            copied_seq(&server).is_err(),
+            "a socket with its peer's FIN is refused"
+        );
+    }
 }

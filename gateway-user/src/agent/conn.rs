@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::{table::Route, Runtime};
 use crate::{
     istio::{Address, Endpoint},
-    stats::Stats,
+    telemetry::Stats,
 };
 
 pub async fn serve(
@@ -75,14 +75,16 @@ pub async fn serve(
 
 async fn dial(ep: &Endpoint, timeout: Duration) -> io::Result<TcpStream> {
     match &ep.address {
-        Address::Ip(ip) => crate::forward::connect(SocketAddr::new(*ip, ep.port), timeout).await,
+        Address::Ip(ip) => {
+            crate::proxy::dial::connect(SocketAddr::new(*ip, ep.port), timeout).await
+        }
         // Resolved per connection, as Envoy's STRICT_DNS re-resolves: a
         // name's addresses may change while the config does not.
         Address::Dns(name) => {
             let attempt = async {
                 let mut last = None;
                 for addr in tokio::net::lookup_host((name.as_str(), ep.port)).await? {
-                    match crate::forward::connecting(addr).await {
+                    match crate::proxy::dial::connecting(addr).await {
                         Ok(s) => return Ok(s),
                         Err(e) => last = Some(e),
                     }

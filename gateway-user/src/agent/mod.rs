@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{dataplane::Dataplane, istio, stats::Stats, tasks::Tasks};
+use crate::{dataplane::Dataplane, istio, proxy::tasks::Tasks, telemetry::Stats};
 
 /// Where `gateway run` listens for `gateway apply` and `gateway delete`.
 pub const DEFAULT_ADMIN: &str = "/run/gateway/admin.sock";
@@ -154,7 +154,7 @@ pub struct Runtime {
     pub stats: Arc<Stats>,
     pub counters: Counters,
     pub tasks: Tasks,
-    pub workers: crate::workers::Workers,
+    pub workers: crate::proxy::workers::Workers,
     table: RwLock<Arc<table::Table>>,
 }
 
@@ -170,7 +170,7 @@ impl Runtime {
     /// Counters as one JSON line on stdout: `gateway forward`'s, plus the
     /// config generation, open ports and per-cluster connections.
     fn report(&self) {
-        let mut json = crate::forward::counters(&self.stats, &self.dp);
+        let mut json = crate::proxy::report::counters(&self.stats, &self.dp);
         json.extend(self.counters.to_json());
         let table = self.table();
         json.insert("config_generation".into(), table.generation.into());
@@ -198,7 +198,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Ok(limit) = crate::sys::raise_nofile_limit() {
         tracing::debug!("open files limit {limit}");
     }
-    let workers = crate::workers::Workers::start(args.dataplane.workers)
+    let workers = crate::proxy::workers::Workers::start(args.dataplane.workers)
         .context("cannot start the worker threads")?;
     let rt = Arc::new(Runtime {
         dp,

@@ -1,14 +1,14 @@
 //! The Gateway ports: bound when a change needs them (so a port the system
 //! refuses fails the change), served by one accept loop each, closed when
 //! no Gateway wants them. Each port has a listening socket and an accept
-//! loop on every worker (see `crate::workers`). Closing stops accepting; the
+//! loop on every worker (see `crate::proxy::workers`). Closing stops accepting; the
 //! connections already accepted are tasks of their own and go on.
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use super::Runtime;
-use crate::{stats::Stats, workers::Listeners};
+use crate::{proxy::workers::Listeners, telemetry::Stats};
 
 #[derive(Default)]
 pub struct Ports {
@@ -50,7 +50,7 @@ impl Ports {
 async fn accept_loop(listener: TcpListener, port: u16, rt: Arc<Runtime>) {
     let what = format!("port {port}");
     loop {
-        let (client, peer) = crate::workers::accept(&listener, &what).await;
+        let (client, peer) = crate::proxy::workers::accept(&listener, &what).await;
         Stats::inc(&rt.stats.connections_accepted);
         // The route is taken now and kept for the connection's life.
         let Some(route) = rt.table().route(port) else {

@@ -8,7 +8,7 @@ use std::io;
 
 use tokio::{io::Interest, net::TcpStream};
 
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 const BUF: usize = 64 * 1024;
 /// Most one read takes when it must empty the queue before a move to the

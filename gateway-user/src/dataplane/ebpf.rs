@@ -25,7 +25,10 @@ use super::{
     kernel::{AttachError, Kernel},
     reset_both, End, Options,
 };
-use crate::{conns::Entry, stats::Stats, sys};
+use crate::{
+    sys,
+    telemetry::{conns::Entry, Stats},
+};
 
 /// Most bytes the agent holds for one direction when it moves passed bytes.
 const BUF: usize = 256 * 1024;

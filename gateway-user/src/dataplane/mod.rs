@@ -13,9 +13,9 @@ use std::{fmt, io, sync::Arc};
 
 use tokio::net::TcpStream;
 
-use crate::{
+use crate::telemetry::{
     conns::{Entry, Registry},
-    stats::Stats,
+    Stats,
 };
 pub use kernel::Kernel;
 

@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use super::{Dataplane, End, Kind};
-use crate::stats::Stats;
+use crate::telemetry::Stats;
 
 /// Bytes each way after insertion: several socket buffers' worth.
 const STREAM: usize = 1 << 20;

@@ -8,7 +8,7 @@ use std::{
 use tokio::{io::Interest, net::TcpStream};
 
 use super::{end_of, End};
-use crate::{conns::Entry, stats::Stats};
+use crate::telemetry::{conns::Entry, Stats};
 
 /// Bytes asked of one splice from the source; the pipe takes what fits.
 const CHUNK: usize = 1 << 20;

@@ -82,7 +82,7 @@ impl Workers {
             socket.set_reuseport(true)?;
             // Inherited by every accepted socket: the client's side has
             // Nagle's algorithm off without a system call per connection
-            // (see `forward::connecting`).
+            // (see `proxy::dial::connecting`).
             socket.set_nodelay(true)?;
             socket.bind(addr)?;
             let listener = socket.listen(BACKLOG)?;
