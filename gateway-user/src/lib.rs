@@ -4,6 +4,7 @@
 pub mod cli;
 
 mod agent;
+mod bpf;
 mod dataplane;
 mod forward;
 mod istio;

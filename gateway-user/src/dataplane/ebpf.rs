@@ -20,12 +20,9 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{
-    is_peer_gone,
-    kernel::{AttachError, Kernel},
-    reset_both, End, Options,
-};
+use super::{is_peer_gone, reset_both, End, Options};
 use crate::{
+    bpf::{AttachError, Kernel},
     sys,
     telemetry::{conns::Entry, Stats},
 };

@@ -5,7 +5,6 @@
 //! every byte sent before it), and a reset on one side resets the other.
 mod copy;
 mod ebpf;
-pub mod kernel;
 mod probe;
 mod splice;
 
@@ -13,11 +12,11 @@ use std::{fmt, io, sync::Arc};
 
 use tokio::net::TcpStream;
 
+pub use crate::bpf::Kernel;
 use crate::telemetry::{
     conns::{Entry, Registry},
     Stats,
 };
-pub use kernel::Kernel;
 
 /// What the user asked for with `--dataplane`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -175,7 +174,11 @@ pub struct CheckFailed {
 impl Dataplane {
     /// Resolves `choice` into a working dataplane, loading the programs when
     /// it involves ebpf.
-    fn new(choice: Choice, opts: Options, stats: Arc<Stats>) -> Result<Self, kernel::LoadError> {
+    fn new(
+        choice: Choice,
+        opts: Options,
+        stats: Arc<Stats>,
+    ) -> Result<Self, crate::bpf::LoadError> {
         let (kind, mut kernel) = match choice {
             Choice::Ebpf => (Kind::Ebpf, Some(Kernel::load(opts.max_sockets)?)),
             Choice::Auto => match Kernel::load(opts.max_sockets) {

@@ -1,5 +1,5 @@
-//! The kernel side of the ebpf dataplane: the embedded programs, their maps,
-//! and putting a connection's two sockets in and out of them.
+//! The kernel side of the ebpf dataplane: the embedded programs, their maps
+//! and totals, and putting a connection's two sockets in and out of them.
 use std::{
     io,
     os::fd::{AsRawFd, OwnedFd},
