@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
     dataplane::{self, Dataplane},
-    proxy::dial::connect,
+    proxy::{dial::connect, signals::Asked},
     telemetry::Stats,
 };
 
@@ -98,12 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let stats = Arc::new(Stats::default());
-    // Before anything says the gateway is up: SIGUSR1's default action is
-    // to terminate the process.
-    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        .context("cannot handle SIGUSR1")?;
-    let shutdown = crate::shutdown_signal();
-    tokio::pin!(shutdown);
+    let mut signals = crate::proxy::signals::Signals::install()?;
     let dp = Dataplane::start(&args.dataplane, stats.clone()).await?;
     let workers = crate::proxy::workers::Workers::start(args.dataplane.workers)
         .context("cannot start the worker threads")?;
@@ -134,11 +129,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tasks: crate::proxy::tasks::Tasks::default(),
     });
     let accepting = workers.serve(listeners, |listener| accept_loop(listener, shared.clone()));
-    loop {
-        tokio::select! {
-            _ = usr1.recv() => crate::proxy::report::report(&stats, &shared.dp),
-            () = &mut shutdown => break,
-        }
+    while let Asked::Report = signals.next().await {
+        crate::proxy::report::report(&stats, &shared.dp);
     }
     // Stop accepting: each worker's listening socket closes with its loop.
     for task in &accepting {

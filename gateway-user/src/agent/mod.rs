@@ -216,10 +216,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller = Arc::new(tokio::sync::Mutex::new(controller));
     // Handlers in place before anyone can be told the agent is ready: a
     // signal that comes first would otherwise kill it.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut signals = crate::proxy::signals::Signals::install()?;
     {
         let c = controller.lock().await;
         tracing::info!(
@@ -249,12 +246,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     });
 
-    loop {
-        tokio::select! {
-            _ = usr1.recv() => rt.report(),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
+    while let crate::proxy::signals::Asked::Report = signals.next().await {
+        rt.report();
     }
     tracing::info!("stopping: closing ports, letting open connections finish");
     // Awaited so the admin socket is gone before the last report.
