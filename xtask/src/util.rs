@@ -70,6 +70,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The debug gateway with the fault hooks the tests and the soak drive.
+fn build_for_tests() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--package",
+        "gateway-user",
+        "--features",
+        "test-hooks",
+    ]))
+}
+
 pub fn build(release: bool) -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.args(["build", "--package", "gateway-user"]);
@@ -138,15 +149,9 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the tests load BPF programs and create network namespaces: run them as root");
     }
-    // With the fault hooks the tests drive; `cargo test` below does not
-    // rebuild the binaries (gateway-user has no integration tests).
-    run(cargo().args([
-        "build",
-        "--package",
-        "gateway-user",
-        "--features",
-        "test-hooks",
-    ]))?;
+    // `cargo test` below does not rebuild the binaries (gateway-user has no
+    // integration tests), so the ones built here are what the tests start.
+    build_for_tests()?;
     let mut cmd = cargo();
     // The bench's own unit tests (parsing, report) too.
     cmd.args(["test", "--workspace", "--exclude", "gateway-ebpf"])
@@ -194,13 +199,7 @@ pub fn soak(minutes: f64, seed: Option<u64>) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the soak loads BPF programs and creates network namespaces: run it as root");
     }
-    run(cargo().args([
-        "build",
-        "--package",
-        "gateway-user",
-        "--features",
-        "test-hooks",
-    ]))?;
+    build_for_tests()?;
     run(cargo().args(["build", "--package", "gateway-tests", "--bin", "soak"]))?;
     let mut cmd = Command::new(bin(false, "soak"));
     cmd.arg(minutes.to_string());

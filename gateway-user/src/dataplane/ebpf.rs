@@ -418,7 +418,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
                 // The verdict wrote its records for these bytes before it
                 // passed them, and the queue's lock orders that before this
                 // read: a fresh look has every record that covers them.
-                flow = settled_flow(kernel, w.src_cookie, flow)?;
+                flow = settled_flow(kernel, w.src_cookie, flow, w.ctl.skips_done)?;
                 discard_repeats(w, &flow, &mut buf)?;
                 w.pending = buf;
             }
@@ -541,10 +541,20 @@ impl Way {
 
 /// The verdict's record for `cookie` as two looks in a row agree on it: a
 /// look copies the record while the verdict may be writing it, and the
-/// overlap records for bytes not read yet may be half written.
-fn settled_flow(kernel: &Kernel, cookie: u64, last: FlowStats) -> Result<FlowStats, End> {
+/// overlap records for bytes not read yet may be half written. A look with
+/// no record the agent has not applied needs no second one: any record
+/// covering the bytes just read is visible in full (see the caller).
+fn settled_flow(
+    kernel: &Kernel,
+    cookie: u64,
+    last: FlowStats,
+    applied: u64,
+) -> Result<FlowStats, End> {
     let look = || kernel.flow(cookie).unwrap_or(last);
     let mut a = look();
+    if a.skips == applied {
+        return Ok(a);
+    }
     for _ in 0..8 {
         let b = look();
         if (a.skips, a.skip_at, a.skip_len) == (b.skips, b.skip_at, b.skip_len) {
