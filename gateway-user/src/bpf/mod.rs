@@ -6,6 +6,7 @@ use std::{
     sync::Mutex,
 };
 
+use crate::telemetry::KernelTotals;
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, SockHash},
     programs::SkSkb,
@@ -72,26 +73,6 @@ struct Maps {
     totals: PerCpuArray<MapData, u64>,
 }
 
-/// Kernel-wide totals since the programs were loaded.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Totals {
-    pub redirected_bytes: u64,
-    pub passed_bytes: u64,
-    pub empty_dropped: u64,
-    pub unknown_socket: u64,
-    pub redirect_failed: u64,
-    /// Bytes the verdict saw twice (retransmitted segments that straddled
-    /// what TCP already had), discarded by the agent.
-    pub overlap_bytes: u64,
-    /// Skbs whose sequence numbers the verdict could not read.
-    pub seq_unknown: u64,
-    /// Runs of the verdict program, and the time they took, counted while
-    /// this process holds the kernel's run-time statistics on
-    /// (`--bpf-stats`, [`Kernel::time_runs`]); else 0.
-    pub verdict_runs: u64,
-    pub verdict_run_ns: u64,
-}
-
 pub struct Kernel {
     /// Owns the loaded program; the attachment lives as long as `SOCKS`
     /// does.
@@ -102,7 +83,7 @@ pub struct Kernel {
     maps: Mutex<Maps>,
     /// Totals at the last `rebase`: the start-up check's bytes are not the
     /// users'.
-    base: Mutex<Totals>,
+    base: Mutex<KernelTotals>,
     /// For the tests only: a pause between the two sockets' insertions into
     /// `SOCKS`, which widens the window in which a peer's FIN or reset makes
     /// the second insertion fail after the first socket's verdict has run.
@@ -367,20 +348,10 @@ impl Kernel {
     }
 
     /// Totals since the last `rebase` (or the load).
-    pub fn totals(&self) -> Totals {
+    pub fn totals(&self) -> KernelTotals {
         let now = self.raw_totals();
         let base = *self.base.lock().unwrap_or_else(|p| p.into_inner());
-        Totals {
-            redirected_bytes: now.redirected_bytes.saturating_sub(base.redirected_bytes),
-            passed_bytes: now.passed_bytes.saturating_sub(base.passed_bytes),
-            empty_dropped: now.empty_dropped.saturating_sub(base.empty_dropped),
-            unknown_socket: now.unknown_socket.saturating_sub(base.unknown_socket),
-            redirect_failed: now.redirect_failed.saturating_sub(base.redirect_failed),
-            overlap_bytes: now.overlap_bytes.saturating_sub(base.overlap_bytes),
-            seq_unknown: now.seq_unknown.saturating_sub(base.seq_unknown),
-            verdict_runs: now.verdict_runs.saturating_sub(base.verdict_runs),
-            verdict_run_ns: now.verdict_run_ns.saturating_sub(base.verdict_run_ns),
-        }
+        now.since(&base)
     }
 
     /// Counts totals from now on.
@@ -409,7 +380,7 @@ impl Kernel {
         })
     }
 
-    fn raw_totals(&self) -> Totals {
+    fn raw_totals(&self) -> KernelTotals {
         let (verdict_runs, verdict_run_ns) = self.verdict_runs();
         let maps = self.maps();
         let sum = |slot: u32| -> u64 {
@@ -418,7 +389,7 @@ impl Kernel {
                 .map(|v| v.iter().copied().sum())
                 .unwrap_or(0)
         };
-        Totals {
+        KernelTotals {
             redirected_bytes: sum(TOTAL_REDIRECTED),
             passed_bytes: sum(TOTAL_PASSED),
             empty_dropped: sum(TOTAL_EMPTY_DROPPED),

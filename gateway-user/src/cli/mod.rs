@@ -4,7 +4,11 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{agent, forward};
+use crate::control::admin;
+
+mod change;
+mod forward;
+mod run;
 
 /// An eBPF-accelerated TCP gateway: the kernel moves the bytes.
 #[derive(Debug, Parser)]
@@ -18,14 +22,14 @@ struct Cli {
 enum Command {
     /// Serve Istio's Gateway, VirtualService, DestinationRule, ServiceEntry
     /// and WorkloadEntry resources: the long-running agent.
-    Run(agent::RunArgs),
+    Run(run::RunArgs),
     /// Apply Istio YAML to the running agent, like `kubectl apply`.
-    Apply(agent::cli::ChangeArgs),
+    Apply(change::ChangeArgs),
     /// Delete the resources Istio YAML names from the running agent, like
     /// `kubectl delete -f`.
-    Delete(agent::cli::ChangeArgs),
+    Delete(change::ChangeArgs),
     /// Check Istio YAML offline, with the rules the agent applies.
-    Validate(agent::cli::ValidateArgs),
+    Validate(change::ValidateArgs),
     /// Forward one listening address to backends (like socat, in the kernel).
     Forward(forward::Args),
 }
@@ -58,9 +62,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The client commands need neither logging nor a runtime.
     let command = match cli.command {
-        Command::Apply(args) => return finish(agent::cli::change(agent::admin::Op::Apply, args)),
-        Command::Delete(args) => return finish(agent::cli::change(agent::admin::Op::Delete, args)),
-        Command::Validate(args) => return finish(agent::cli::validate(args)),
+        Command::Apply(args) => return finish(change::change(admin::Op::Apply, args)),
+        Command::Delete(args) => return finish(change::change(admin::Op::Delete, args)),
+        Command::Validate(args) => return finish(change::validate(args)),
         other => other,
     };
     tracing_subscriber::fmt()
@@ -87,8 +91,8 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match command {
-            Command::Run(args) => crate::agent::run(args).await,
-            Command::Forward(args) => crate::forward::run(args).await,
+            Command::Run(args) => run::run(args).await,
+            Command::Forward(args) => forward::run(args).await,
             Command::Apply(_) | Command::Delete(_) | Command::Validate(_) => Ok(()),
         }
     });
@@ -102,8 +106,8 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<agent::BadConfig>().is_some() {
-                ExitCode::from(agent::EXIT_BAD_CONFIG)
+            if e.downcast_ref::<crate::control::BadConfig>().is_some() {
+                ExitCode::from(crate::control::EXIT_BAD_CONFIG)
             } else {
                 ExitCode::FAILURE
             }

@@ -3,12 +3,15 @@
 //! Every dataplane gives the same guarantees as one TCP connection: each byte
 //! arrives once and in order, each direction closes on its own (a FIN follows
 //! every byte sent before it), and a reset on one side resets the other.
+mod auto;
 mod copy;
 mod ebpf;
+mod end;
+mod options;
 mod probe;
 mod splice;
 
-use std::{fmt, io, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use tokio::net::TcpStream;
 
@@ -17,21 +20,10 @@ use crate::telemetry::{
     conns::{Entry, Registry},
     Stats,
 };
-
-/// What the user asked for with `--dataplane`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Choice {
-    /// Each connection starts on the copy path and moves into the kernel
-    /// (ebpf) once it proves long-lived, or to splice once it proves bulk;
-    /// splice for all if the programs do not load.
-    Auto,
-    /// Sockhash + sk_skb stream verdict: the kernel moves the bytes.
-    Ebpf,
-    /// splice(2) through a pipe per direction.
-    Splice,
-    /// A copy loop through the agent's memory.
-    Userspace,
-}
+use auto::PROMOTE;
+pub use end::End;
+use end::{end_of, is_peer_gone, reset_both};
+pub use options::{BulkPath, Choice, DataplaneArgs, Options};
 
 /// The dataplane in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,83 +58,6 @@ impl fmt::Display for Kind {
     }
 }
 
-/// The command-line flags that choose and tune the dataplane, shared by
-/// `gateway forward` and `gateway run`.
-#[derive(Debug, clap::Args)]
-pub struct DataplaneArgs {
-    /// How bytes move between the two sockets of a connection.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub dataplane: Choice,
-    /// Most connections spliced in the kernel at once (sizes the BPF maps);
-    /// connections beyond it run on splice.
-    #[arg(long, value_name = "N", default_value_t = 32_768)]
-    pub max_connections: u32,
-    /// Send buffer forced on kernel-spliced sockets, in bytes (0: the
-    /// kernel's default).
-    #[arg(long, value_name = "BYTES", default_value_t = 0)]
-    pub sndbuf: u32,
-    /// Flow control: most bytes the verdict may queue for a socket beyond
-    /// what the socket itself holds.
-    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
-    pub window: u64,
-    /// Where `auto` moves a bulk connection (256 KiB moved on the copy
-    /// path): splice, or the kernel path like a long-lived exchange.
-    #[arg(long, value_enum, default_value = "splice")]
-    pub bulk_path: BulkPath,
-    /// Threads serving connections, each with its own listening socket per
-    /// port (0: one per CPU). A connection stays on the thread that
-    /// accepted it.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub workers: usize,
-    /// Count the verdict program's runs and run time (reported with the
-    /// counters as `verdict_runs` and `verdict_run_ns`). The kernel keeps
-    /// these for every BPF program on the host while any process asks for
-    /// them (BPF_ENABLE_STATS, Linux 5.8), at two clock reads per run.
-    #[arg(long)]
-    pub bpf_stats: bool,
-}
-
-/// Where `auto` sends bulk connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BulkPath {
-    Splice,
-    Ebpf,
-}
-
-impl DataplaneArgs {
-    pub fn options(&self) -> Options {
-        Options {
-            max_sockets: self.max_connections.saturating_mul(2),
-            sndbuf: self.sndbuf,
-            window: self.window,
-            bulk_path: self.bulk_path,
-            pipe_bytes: splice::pipe_bytes(),
-            bpf_stats: self.bpf_stats,
-        }
-    }
-}
-
-/// Tunables of the data path.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// Capacity of the socket maps, in sockets (two per connection).
-    pub max_sockets: u32,
-    /// `SO_SNDBUFFORCE` on both sockets of a kernel-spliced connection
-    /// (0: leave the kernel's default). A bigger send buffer lets the psock
-    /// worker write more before it backs off.
-    pub sndbuf: u32,
-    /// Most bytes the verdict may queue on a target's psock beyond what the
-    /// target socket holds (flow control).
-    pub window: u64,
-    /// Where `auto` moves bulk connections.
-    pub bulk_path: BulkPath,
-    /// Size asked for each splice pipe (0: the kernel's default, 64 KiB).
-    pub pipe_bytes: usize,
-    /// Keep the kernel's run-time statistics on while the programs are
-    /// loaded.
-    pub bpf_stats: bool,
-}
-
 #[derive(Clone)]
 pub struct Dataplane {
     kind: Kind,
@@ -150,17 +65,6 @@ pub struct Dataplane {
     opts: Options,
     stats: Arc<Stats>,
     conns: Arc<Registry>,
-}
-
-/// How a relayed connection ended.
-#[derive(Debug)]
-pub enum End {
-    /// Both directions delivered every byte and their FIN.
-    Completed,
-    /// One side reset (or failed); the other was reset too.
-    Reset(io::Error),
-    /// The agent gave up on the connection and reset both sides.
-    Aborted(String),
 }
 
 /// The kernel path does not work on this kernel.
@@ -276,45 +180,7 @@ impl Dataplane {
                 Box::pin(self.in_kernel(kernel, client, backend, entry, ebpf::Before::default()))
                     .await
             }
-            (Kind::Adaptive, Some(kernel)) => {
-                match copy::run(&self.stats, &client, &backend, Some(PROMOTE)).await {
-                    copy::Outcome::Ended(result) => {
-                        Stats::inc(&self.stats.dataplane_userspace);
-                        end_of(result, client, backend, entry)
-                    }
-                    copy::Outcome::Promote { bulk: true, .. }
-                        if self.opts.bulk_path == BulkPath::Splice =>
-                    {
-                        // See PROMOTE.
-                        Stats::inc(&self.stats.connections_bulk_spliced);
-                        Stats::inc(&self.stats.dataplane_splice);
-                        self.spliced(client, backend, entry).await
-                    }
-                    copy::Outcome::Promote { read, .. } => {
-                        Stats::inc(&self.stats.connections_promoted);
-                        // What each socket has taken, read now that the
-                        // copy path writes no more: exact (see
-                        // `written_settled`), where a plain read under
-                        // acknowledgements could miss a segment. Read here,
-                        // not before the first write, so that the many
-                        // connections that never move pay nothing for it.
-                        let settled = |s: &TcpStream| crate::sys::written_settled(s).ok().flatten();
-                        let written = match (settled(&client), settled(&backend)) {
-                            (Some(c), Some(b)) => Some([c, b]),
-                            _ => {
-                                tracing::debug!("moved connection: counters unsettled, measured on the kernel path");
-                                None
-                            }
-                        };
-                        let before = ebpf::Before {
-                            read,
-                            written,
-                            moved: true,
-                        };
-                        Box::pin(self.in_kernel(kernel, client, backend, entry, before)).await
-                    }
-                }
-            }
+            (Kind::Adaptive, Some(kernel)) => self.adaptive(kernel, client, backend, entry).await,
             (Kind::Userspace, _) => {
                 Stats::inc(&self.stats.dataplane_userspace);
                 let result = match copy::run(&self.stats, &client, &backend, None).await {
@@ -393,61 +259,6 @@ impl Dataplane {
             }
         }
     }
-}
-
-/// When `auto` moves a connection off the copy path: once it has moved
-/// 256 KiB (bulk: to splice) or made 64 reads (a long-lived exchange, 32
-/// round trips: into the kernel, where a round trip costs least). A
-/// connection that sends a request and reads an answer never pays for
-/// either.
-///
-/// Bulk goes to splice, not the sockhash: the kernel path's only brake on a
-/// sender that outruns its reader is to pass bytes to the agent, and a
-/// continuous sender then keeps the connection on the agent's copy for good
-/// (README, "How the bytes move"); splice moved bulk as fast or faster at
-/// less CPU in every measured layout. `--dataplane ebpf` still puts every
-/// connection in the kernel.
-const PROMOTE: copy::Promote = copy::Promote {
-    bytes: 256 * 1024,
-    reads: 64,
-};
-
-/// Is `e` the peer going away (as opposed to a local failure)?
-fn is_peer_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::ECONNRESET
-                | libc::EPIPE
-                | libc::ETIMEDOUT
-                | libc::ECONNABORTED
-                | libc::EHOSTUNREACH
-        )
-    )
-}
-
-/// Ends both sockets with a reset: the next close sends RST, not FIN.
-fn reset_both(a: &impl std::os::fd::AsRawFd, b: &impl std::os::fd::AsRawFd) {
-    let _ = crate::sys::set_linger_reset(a);
-    let _ = crate::sys::set_linger_reset(b);
-}
-
-/// The end of a copy or splice relay whose directions ran to `result`.
-fn end_of(result: io::Result<()>, a: TcpStream, b: TcpStream, entry: Entry) -> End {
-    let end = match result {
-        Ok(()) => End::Completed,
-        Err(e) => {
-            reset_both(&a, &b);
-            if is_peer_gone(&e) {
-                End::Reset(e)
-            } else {
-                End::Aborted(e.to_string())
-            }
-        }
-    };
-    drop(entry);
-    drop((a, b));
-    end
 }
 
 #[cfg(test)]

@@ -282,37 +282,6 @@ fn a_namespace_default_does_not_refuse_other_namespaces() {
     assert!(parse(&text, "vs.yaml", Namespace::Only(NS)).is_err());
 }
 
-#[test]
-fn load_paths_reads_directories_in_name_order() {
-    let dir = std::env::temp_dir().join(format!("gateway-istio-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{e}"));
-    };
-    write("b-routes.yaml", ALL_V1);
-    write("a-endpoints.yml", ENDPOINTS);
-    write("notes.txt", "not a manifest");
-    let batch = load_paths(std::slice::from_ref(&dir), Some(NS)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(batch.resources.len(), 6);
-    assert_eq!(batch.resources[0].id.kind, Kind::ServiceEntry);
-    assert!(batch.resources[0].origin.file.ends_with("a-endpoints.yml"));
-
-    write("c-bad.yaml", "kind: [");
-    let err = load_paths(std::slice::from_ref(&dir), Some(NS))
-        .err()
-        .map(|e| e.to_string());
-    assert!(
-        err.as_deref()
-            .is_some_and(|e| e.contains("c-bad.yaml: document 1")),
-        "{err:?}"
-    );
-
-    let missing = load_paths(&[dir.join("nope.yaml")], Some(NS));
-    assert!(matches!(missing, Err(ConfigError::Read { .. })));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 // ------------------------------------------------------------ bad input
 
 const VS_HEAD: &str = "apiVersion: networking.istio.io/v1alpha3

@@ -10,11 +10,11 @@ macro_rules! counters {
         }
 
         impl Stats {
-            /// A JSON object of every counter, for logs and tests.
-            pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
-                let mut m = serde_json::Map::new();
-                $(m.insert(stringify!($name).into(), self.$name.load(Relaxed).into());)*
-                m
+            /// Every counter, by its name.
+            pub fn read(&self) -> std::collections::BTreeMap<&'static str, u64> {
+                std::collections::BTreeMap::from([
+                    $((stringify!($name), self.$name.load(Relaxed)),)*
+                ])
             }
         }
     };

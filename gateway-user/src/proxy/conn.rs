@@ -32,18 +32,25 @@ pub async fn serve(
         (cluster, attempts)
     };
     let config = &cluster.config;
+    let health = cluster.health.as_ref();
     let mut failures = Vec::new();
     let mut backend = None;
     for i in attempts {
         let Some(ep) = config.endpoints.get(i) else {
             continue;
         };
+        if health.is_some_and(|h| h.is_down(i)) {
+            continue;
+        }
         match dial(ep, config.connect_timeout).await {
             Ok(s) => {
                 backend = Some((i, s));
                 break;
             }
             Err(e) => {
+                if let Some(h) = health {
+                    h.failed(i, &e);
+                }
                 Stats::inc(&rt.counters.endpoint_connect_failed);
                 tracing::debug!(
                     "connection from {peer} on port {port}: {} endpoint {}:{}: {e}",
@@ -58,6 +65,11 @@ pub async fn serve(
     let Some((i, backend)) = backend else {
         Stats::inc(&rt.counters.no_healthy_endpoint);
         Stats::inc(&rt.stats.backend_connect_failed);
+        if health.is_some() {
+            // Each endpoint that went down was logged once already.
+            tracing::debug!("connection from {peer} on port {port}: no endpoint answers");
+            return;
+        }
         tracing::warn!(
             "connection from {peer} on port {port} closed: no healthy endpoint in {} \
              (VirtualService {}): {}",
@@ -75,16 +87,14 @@ pub async fn serve(
 
 async fn dial(ep: &Endpoint, timeout: Duration) -> io::Result<TcpStream> {
     match &ep.address {
-        Address::Ip(ip) => {
-            crate::proxy::dial::connect(SocketAddr::new(*ip, ep.port), timeout).await
-        }
+        Address::Ip(ip) => super::dial::connect(SocketAddr::new(*ip, ep.port), timeout).await,
         // Resolved per connection, as Envoy's STRICT_DNS re-resolves: a
         // name's addresses may change while the config does not.
         Address::Dns(name) => {
             let attempt = async {
                 let mut last = None;
                 for addr in tokio::net::lookup_host((name.as_str(), ep.port)).await? {
-                    match crate::proxy::dial::connecting(addr).await {
+                    match super::dial::connecting(addr).await {
                         Ok(s) => return Ok(s),
                         Err(e) => last = Some(e),
                     }

@@ -15,13 +15,14 @@ use std::{
 };
 
 use super::{
-    ports::Ports,
     state::{same, Overlay, StateDir},
-    table::Table,
-    Runtime,
+    Error,
 };
-use crate::istio::{
-    Action, Agent, Applied, Batch, Change, ConfigError, Diagnostic, Resource, Snapshot, Store,
+use crate::{
+    istio::{
+        Action, Agent, Applied, Batch, Change, ConfigError, Diagnostic, Resource, Snapshot, Store,
+    },
+    proxy::{ports::Ports, table::Table, Runtime},
 };
 
 /// What a change did, for the admin client and the log.
@@ -29,7 +30,7 @@ use crate::istio::{
 pub struct Outcome {
     pub changes: Vec<Change>,
     /// Warnings this change brought, and notes about skipped documents.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Diagnostic>,
     pub generation: u64,
 }
 
@@ -68,11 +69,7 @@ fn settle(mut overlay: Overlay, files: &[Resource]) -> Overlay {
 
 impl Controller {
     /// Resolves the files and the saved overlay together.
-    pub fn plan_start(
-        agent: Agent,
-        files: Vec<Resource>,
-        overlay: Overlay,
-    ) -> Result<Plan, String> {
+    pub fn plan_start(agent: Agent, files: Vec<Resource>, overlay: Overlay) -> Result<Plan, Error> {
         let saved = overlay.clone();
         let overlay = settle(overlay, &files);
         let mut upserts: Vec<Resource> = files
@@ -81,9 +78,7 @@ impl Controller {
             .cloned()
             .collect();
         upserts.extend(overlay.applied.iter().cloned());
-        let applied = Store::new(agent)
-            .apply(&upserts)
-            .map_err(|e| e.to_string())?;
+        let applied = Store::new(agent).apply(&upserts)?;
         Ok(Plan {
             applied,
             files,
@@ -98,7 +93,7 @@ impl Controller {
         state: StateDir,
         listen: IpAddr,
         rt: Arc<Runtime>,
-    ) -> Result<Controller, String> {
+    ) -> Result<Controller, Error> {
         let mut c = Controller {
             store: Store::new(plan.applied.store.agent().clone()),
             snapshot: Snapshot::default(),
@@ -130,11 +125,8 @@ impl Controller {
     }
 
     /// `gateway apply`.
-    pub async fn apply(&mut self, batch: Batch, dry_run: bool) -> Result<Outcome, String> {
-        let applied = self
-            .store
-            .apply(&batch.resources)
-            .map_err(|e| e.to_string())?;
+    pub async fn apply(&mut self, batch: Batch, dry_run: bool) -> Result<Outcome, Error> {
+        let applied = self.store.apply(&batch.resources)?;
         let mut overlay = self.overlay.clone();
         for r in &batch.resources {
             if self.files.iter().any(|f| same(f, r)) {
@@ -148,17 +140,13 @@ impl Controller {
         let mut out = self
             .commit(applied, Some(overlay), None, dry_run, "gateway apply")
             .await?;
-        out.warnings
-            .splice(0..0, batch.notes.iter().map(ToString::to_string));
+        out.warnings.splice(0..0, batch.notes.iter().cloned());
         Ok(out)
     }
 
     /// `gateway delete`.
-    pub async fn delete(&mut self, batch: Batch, dry_run: bool) -> Result<Outcome, String> {
-        let applied = self
-            .store
-            .delete(&batch.resources)
-            .map_err(|e| e.to_string())?;
+    pub async fn delete(&mut self, batch: Batch, dry_run: bool) -> Result<Outcome, Error> {
+        let applied = self.store.delete(&batch.resources)?;
         let mut overlay = self.overlay.clone();
         for c in &applied.changes {
             overlay.remove(&c.id);
@@ -169,14 +157,13 @@ impl Controller {
         let mut out = self
             .commit(applied, Some(overlay), None, dry_run, "gateway delete")
             .await?;
-        out.warnings
-            .splice(0..0, batch.notes.iter().map(ToString::to_string));
+        out.warnings.splice(0..0, batch.notes.iter().cloned());
         Ok(out)
     }
 
     /// The --config files changed: serve what they say now, except where
     /// the overlay decides.
-    pub async fn reload(&mut self, files: Vec<Resource>) -> Result<Outcome, String> {
+    pub async fn reload(&mut self, files: Vec<Resource>) -> Result<Outcome, Error> {
         let overlay = settle(self.overlay.clone(), &files);
         let upserts: Vec<Resource> = files
             .iter()
@@ -204,12 +191,13 @@ impl Controller {
                 "was set otherwise with `gateway apply`, which takes precedence; \
                  `gateway apply` this file (or make it match) to serve it from the file again"
             };
-            notes.push(Diagnostic::new(Some(&f.origin), "", format!("{} {why}", f.id)).to_string());
+            notes.push(Diagnostic::new(
+                Some(&f.origin),
+                "",
+                format!("{} {why}", f.id),
+            ));
         }
-        let applied = self
-            .store
-            .update(&upserts, &removals)
-            .map_err(|e| e.to_string())?;
+        let applied = self.store.update(&upserts, &removals)?;
         let mut out = self
             .commit(applied, Some(overlay), Some(files), false, "--config")
             .await?;
@@ -222,9 +210,7 @@ impl Controller {
 
     /// Stops accepting everywhere (the agent is stopping).
     pub async fn close_ports(&mut self) {
-        for port in self.ports.open_ports() {
-            self.ports.close(port).await;
-        }
+        self.ports.close_all().await;
     }
 
     /// Binds what `applied` needs, saves `overlay`, then switches: closes
@@ -237,7 +223,7 @@ impl Controller {
         files: Option<Vec<Resource>>,
         dry_run: bool,
         source: &str,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, Error> {
         let mut fresh = Vec::new();
         let mut problems = Vec::new();
         for l in &applied.snapshot.listeners {
@@ -255,7 +241,7 @@ impl Controller {
             }
         }
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems).to_string());
+            return Err(ConfigError::Invalid(problems).into());
         }
         let known: BTreeSet<String> = self
             .snapshot
@@ -263,12 +249,12 @@ impl Controller {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let warnings: Vec<String> = applied
+        let warnings: Vec<Diagnostic> = applied
             .snapshot
             .warnings
             .iter()
-            .map(ToString::to_string)
-            .filter(|w| !known.contains(w))
+            .filter(|w| !known.contains(&w.to_string()))
+            .cloned()
             .collect();
         let changed = applied.changes.iter().any(|c| {
             matches!(
@@ -291,7 +277,7 @@ impl Controller {
         }
         if let Some(o) = &overlay {
             if !o.same_as(&self.overlay) {
-                self.state.save(o).map_err(|e| format!("{e:#}"))?;
+                self.state.save(o)?;
             }
         }
 

@@ -1,14 +1,14 @@
 //! The Gateway ports: bound when a change needs them (so a port the system
 //! refuses fails the change), served by one accept loop each, closed when
 //! no Gateway wants them. Each port has a listening socket and an accept
-//! loop on every worker (see `crate::proxy::workers`). Closing stops accepting; the
-//! connections already accepted are tasks of their own and go on.
+//! loop on every worker (see [`super::workers`]). Closing stops accepting;
+//! the connections already accepted are tasks of their own and go on.
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::Runtime;
-use crate::{proxy::workers::Listeners, telemetry::Stats};
+use super::{workers::Listeners, Runtime};
+use crate::telemetry::Stats;
 
 #[derive(Default)]
 pub struct Ports {
@@ -45,12 +45,19 @@ impl Ports {
             tracing::info!("stopped listening on {addr}");
         }
     }
+
+    /// Stops accepting everywhere (the gateway is stopping).
+    pub async fn close_all(&mut self) {
+        for port in self.open_ports() {
+            self.close(port).await;
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, port: u16, rt: Arc<Runtime>) {
     let what = format!("port {port}");
     loop {
-        let (client, peer) = crate::proxy::workers::accept(&listener, &what).await;
+        let (client, peer) = super::workers::accept(&listener, &what).await;
         Stats::inc(&rt.stats.connections_accepted);
         // The route is taken now and kept for the connection's life.
         let Some(route) = rt.table().route(port) else {

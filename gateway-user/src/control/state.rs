@@ -22,6 +22,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
+use super::Error;
 use crate::istio::{self, Kind, Resource, ResourceId};
 
 const FORMAT: u32 = 1;
@@ -143,21 +144,24 @@ impl StateDir {
     }
 
     /// The saved overlay; empty if nothing was ever applied.
-    pub fn load(&self) -> Result<Overlay, String> {
+    pub fn load(&self) -> Result<Overlay, Error> {
         let path = self.file();
-        let shown = path.display();
+        let refused = |problems: Vec<String>| Error::State {
+            path: path.clone(),
+            problems,
+        };
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Overlay::default()),
-            Err(e) => return Err(format!("{shown}: {e}")),
+            Err(e) => return Err(refused(vec![e.to_string()])),
         };
         let saved: Saved = serde_json::from_str(&text)
-            .map_err(|e| format!("{shown}: not a gateway state file: {e}"))?;
+            .map_err(|e| refused(vec![format!("not a gateway state file: {e}")]))?;
         if saved.format != FORMAT {
-            return Err(format!(
-                "{shown}: state format {} is not known to this version (expected {FORMAT})",
+            return Err(refused(vec![format!(
+                "state format {} is not known to this version (expected {FORMAT})",
                 saved.format
-            ));
+            )]));
         }
         let mut overlay = Overlay::default();
         let mut problems = Vec::new();
@@ -172,8 +176,8 @@ impl StateDir {
                         overlay.applied.push(r);
                     }
                 }
-                Ok(_) => problems.push(format!("{shown}: applied[{i}] is not one Istio resource")),
-                Err(e) => problems.push(format!("{shown}: applied[{i}]: {e}")),
+                Ok(_) => problems.push(format!("applied[{i}] is not one Istio resource")),
+                Err(e) => problems.push(format!("applied[{i}]: {e}")),
             }
         }
         for (i, d) in saved.deleted.into_iter().enumerate() {
@@ -185,18 +189,18 @@ impl StateDir {
                         name: d.name,
                     });
                 }
-                None => problems.push(format!("{shown}: deleted[{i}]: unknown kind {:?}", d.kind)),
+                None => problems.push(format!("deleted[{i}]: unknown kind {:?}", d.kind)),
             }
         }
         if problems.is_empty() {
             Ok(overlay)
         } else {
-            Err(problems.join("\n"))
+            Err(refused(problems))
         }
     }
 
     /// Replaces the saved overlay, atomically.
-    pub fn save(&self, overlay: &Overlay) -> anyhow::Result<()> {
+    pub fn save(&self, overlay: &Overlay) -> Result<(), Error> {
         let saved = Saved {
             format: FORMAT,
             applied: overlay
@@ -235,7 +239,7 @@ impl StateDir {
             fs::rename(&tmp, &path)?;
             File::open(&self.path)?.sync_all()
         };
-        write().with_context(|| format!("cannot save the applied state to {}", path.display()))
+        write().map_err(|source| Error::Save { path, source })
     }
 }
 
@@ -298,7 +302,7 @@ mod tests {
         fs::write(dir.0.join(FILE), "{").unwrap_or_else(|e| panic!("{e}"));
         let bad = StateDir::open(&dir.0).map(|s| s.load());
         assert!(
-            matches!(&bad, Ok(Err(e)) if e.contains("not a gateway state file")),
+            matches!(&bad, Ok(Err(e)) if e.to_string().contains("not a gateway state file")),
             "{:?}",
             bad.map_err(|e| e.to_string())
         );

@@ -7,7 +7,8 @@ use std::{
 
 use anyhow::bail;
 
-use super::admin::{self, Op, Request};
+use super::run::{agent_identity, parse_label};
+use crate::control::admin::{self, Op, Request};
 use crate::istio::{self, Store};
 
 #[derive(Debug, clap::Args)]
@@ -21,7 +22,7 @@ pub struct ChangeArgs {
     #[arg(short = 'n', long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
     /// The running agent's admin socket.
-    #[arg(long, value_name = "PATH", default_value = super::DEFAULT_ADMIN)]
+    #[arg(long, value_name = "PATH", default_value = admin::DEFAULT_ADMIN)]
     pub admin: PathBuf,
     /// Check everything the agent would check, ports included, and change
     /// nothing.
@@ -45,7 +46,7 @@ pub struct ValidateArgs {
         value_name = "KEY=VALUE[,...]",
         value_delimiter = ',',
         default_value = "istio=ingressgateway",
-        value_parser = super::parse_label
+        value_parser = parse_label
     )]
     pub labels: Vec<(String, String)>,
 }
@@ -66,7 +67,7 @@ fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<admin::File>> {
             named.push(p.clone());
         }
     }
-    for f in istio::manifest_files(&named)? {
+    for f in crate::control::files::manifest_files(&named)? {
         let text =
             std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         out.push(admin::File {
@@ -77,7 +78,7 @@ fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<admin::File>> {
     Ok(out)
 }
 
-fn warn_all(warnings: &[String]) {
+fn warn_all<W: std::fmt::Display>(warnings: &[W]) {
     for w in warnings {
         eprintln!("Warning: {w}");
     }
@@ -92,8 +93,9 @@ pub fn change(op: Op, args: ChangeArgs) -> anyhow::Result<()> {
         files: read_files(&args.files)?,
     };
     let answer = admin::call(&args.admin, &req)?;
-    if let Some(e) = answer.error {
-        bail!("{e}");
+    if !answer.errors.is_empty() {
+        let lines: Vec<String> = answer.errors.iter().map(ToString::to_string).collect();
+        bail!("{}", lines.join("\n"));
     }
     warn_all(&answer.warnings);
     let suffix = if args.dry_run { " (dry run)" } else { "" };
@@ -122,16 +124,11 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     if !problems.is_empty() {
         bail!("{}", istio::ConfigError::Invalid(problems));
     }
-    let applied = Store::new(super::agent_identity(&args.labels)).apply(&batch.resources)?;
-    let notes: Vec<String> = batch.notes.iter().map(ToString::to_string).collect();
-    warn_all(&notes);
-    let warnings: Vec<String> = applied
-        .snapshot
-        .warnings
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    warn_all(&warnings);
+    let applied = Store::new(agent_identity(&args.labels)).apply(&batch.resources)?;
+    let notes = &batch.notes;
+    warn_all(notes);
+    let warnings = &applied.snapshot.warnings;
+    warn_all(warnings);
     println!(
         "{} valid: {} resource(s), {} warning(s)",
         args.files

@@ -5,7 +5,9 @@
 //! connection: the client writes one JSON [`Request`] and shuts its write
 //! side; the agent answers one JSON [`Response`] and closes. The client
 //! sends the files' text, not their paths: it reads them with its own
-//! rights, and the names it gives are the ones errors point at.
+//! rights, and the names it gives are the ones errors point at. Errors and
+//! warnings travel as lists of diagnostics (file, document, resource,
+//! field, message), so a client can show each where it belongs.
 use std::{
     io::{Read as _, Write as _},
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
@@ -22,9 +24,13 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::config::{Controller, Outcome};
-use crate::istio::{self, Action, Batch, ConfigError};
+use super::{Controller, Error, Outcome};
+use crate::istio::{
+    self, Action, Batch, ConfigError, Diagnostic, Kind, Location, Origin, ResourceId,
+};
 
+/// Where `gateway run` listens for `gateway apply` and `gateway delete`.
+pub const DEFAULT_ADMIN: &str = "/run/gateway/admin.sock";
 /// Largest request the agent reads: far more than any set of manifests.
 const MAX_REQUEST: u64 = 64 << 20;
 /// How long a client may take to send its request.
@@ -67,11 +73,90 @@ pub struct File {
     pub text: String,
 }
 
+/// A [`Diagnostic`] as it crosses the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// 1-based, counting every document of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<usize>,
+    /// The resource, when the document was read far enough to know it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    /// The field path inside the document; empty for the whole document.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl From<&Diagnostic> for Problem {
+    fn from(d: &Diagnostic) -> Self {
+        let origin = d.origin.as_ref();
+        Problem {
+            file: origin.map(|o| o.file.to_string()),
+            document: origin.map(|o| o.document),
+            resource: origin.and_then(|o| o.id.as_ref()).map(|id| Resource {
+                kind: id.kind.as_str().to_string(),
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+            }),
+            field: d.field.clone(),
+            message: d.message.clone(),
+            line: d.location.map(|l| l.line),
+            column: d.location.map(|l| l.column),
+        }
+    }
+}
+
+impl From<&Problem> for Diagnostic {
+    fn from(p: &Problem) -> Self {
+        let origin = p.file.as_ref().map(|file| Origin {
+            file: file.as_str().into(),
+            document: p.document.unwrap_or(0),
+            id: p.resource.as_ref().and_then(|r| {
+                Some(ResourceId {
+                    kind: Kind::parse(&r.kind)?,
+                    namespace: r.namespace.clone(),
+                    name: r.name.clone(),
+                })
+            }),
+        });
+        Diagnostic {
+            origin,
+            field: p.field.clone(),
+            message: p.message.clone(),
+            location: p
+                .line
+                .zip(p.column)
+                .map(|(line, column)| Location { line, column }),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    /// As the agent's own log shows the diagnostic.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Diagnostic::from(self).fmt(f)
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Response {
-    /// The error, when nothing was changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    /// Why nothing was changed; empty when the change was made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Problem>,
     /// kubectl-style lines: `virtualservice.networking.istio.io/x configured`.
     #[serde(default)]
     pub changes: Vec<String>,
@@ -79,7 +164,7 @@ pub struct Response {
     #[serde(default)]
     pub not_found: Vec<String>,
     #[serde(default)]
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Problem>,
     /// The config generation in force after the change.
     #[serde(default)]
     pub generation: u64,
@@ -92,24 +177,29 @@ impl Response {
             .iter()
             .partition(|c| c.action == Action::NotFound);
         Response {
-            error: None,
+            errors: Vec::new(),
             changes: changes.iter().map(ToString::to_string).collect(),
             not_found: not_found.iter().map(ToString::to_string).collect(),
-            warnings: outcome.warnings,
+            warnings: outcome.warnings.iter().map(Problem::from).collect(),
             generation: outcome.generation,
         }
     }
 
-    fn error(e: impl Into<String>) -> Response {
+    /// Refused for a reason that is not about one resource.
+    fn error(message: impl Into<String>) -> Response {
+        Response::refused(&[Diagnostic::new(None, "", message)])
+    }
+
+    fn refused(problems: &[Diagnostic]) -> Response {
         Response {
-            error: Some(e.into()),
+            errors: problems.iter().map(Problem::from).collect(),
             ..Response::default()
         }
     }
 }
 
 /// Parses the request's files as one batch, every problem reported.
-fn parse(req: &Request) -> Result<Batch, String> {
+fn parse(req: &Request) -> Result<Batch, Error> {
     let ns = istio::Namespace::from(req.namespace.as_deref());
     let mut batch = Batch::default();
     let mut problems = Vec::new();
@@ -117,13 +207,13 @@ fn parse(req: &Request) -> Result<Batch, String> {
         match istio::parse(&f.text, &f.name, ns) {
             Ok(b) => batch.extend(b),
             Err(ConfigError::Invalid(mut p)) => problems.append(&mut p),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
     if problems.is_empty() {
         Ok(batch)
     } else {
-        Err(ConfigError::Invalid(problems).to_string())
+        Err(ConfigError::Invalid(problems).into())
     }
 }
 
@@ -220,7 +310,7 @@ async fn handle(mut stream: UnixStream, controller: Arc<Mutex<Controller>>) {
             Ok(req) => match parse(&req) {
                 Err(e) => {
                     tracing::warn!("{} refused: {e}", req.op);
-                    Response::error(e)
+                    Response::refused(&e.diagnostics())
                 }
                 Ok(batch) => {
                     let mut c = controller.lock().await;
@@ -232,7 +322,7 @@ async fn handle(mut stream: UnixStream, controller: Arc<Mutex<Controller>>) {
                         Ok(outcome) => Response::of(outcome),
                         Err(e) => {
                             tracing::warn!("{} refused: {e}", req.op);
-                            Response::error(e)
+                            Response::refused(&e.diagnostics())
                         }
                     }
                 }
@@ -278,4 +368,55 @@ pub fn call(path: &Path, req: &Request) -> anyhow::Result<Response> {
             path.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diagnostic_crosses_the_socket_unchanged() {
+        let d = Diagnostic {
+            origin: Some(Origin {
+                file: "vs.yaml".into(),
+                document: 2,
+                id: Some(ResourceId {
+                    kind: Kind::VirtualService,
+                    namespace: "default".into(),
+                    name: "tcp-echo".into(),
+                }),
+            }),
+            field: "spec.tcp[0].route[1].weight".into(),
+            message: "must be between 0 and 100".into(),
+            location: Some(Location {
+                line: 14,
+                column: 17,
+            }),
+        };
+        let wire = serde_json::to_string(&Problem::from(&d)).unwrap_or_default();
+        let back: Problem = serde_json::from_str(&wire).unwrap_or_else(|e| panic!("{e}: {wire}"));
+        assert_eq!(
+            back.resource.as_ref().map(|r| r.kind.as_str()),
+            Some("VirtualService")
+        );
+        assert_eq!(back.field, d.field);
+        assert_eq!(Diagnostic::from(&back), d);
+        assert_eq!(back.to_string(), d.to_string());
+    }
+
+    #[test]
+    fn errors_that_are_not_about_a_resource_become_one_diagnostic_per_line() {
+        let e = Error::State {
+            path: "/var/lib/gateway/state.json".into(),
+            problems: vec!["applied[0]: bad".into(), "deleted[1]: unknown kind".into()],
+        };
+        let list = e.diagnostics();
+        assert_eq!(list.len(), 2);
+        assert!(list
+            .iter()
+            .all(|d| d.origin.is_none() && d.field.is_empty()));
+        let r = Response::refused(&list);
+        let shown: Vec<String> = r.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.join("\n"), e.to_string());
+    }
 }

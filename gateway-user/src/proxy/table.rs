@@ -13,8 +13,11 @@ use std::{
 
 use rand::Rng;
 
-use super::Counters;
-use crate::istio::{self, Address, Cluster, LbPolicy};
+use super::health::Health;
+use crate::{
+    istio::{self, Address, Cluster, LbPolicy},
+    telemetry::{counters::ClusterCounters, Counters},
+};
 
 #[derive(Debug, Default)]
 pub struct Table {
@@ -33,12 +36,6 @@ pub struct Route {
     destinations: Vec<(u64, Arc<ClusterRt>)>,
 }
 
-/// Connections a cluster took, whatever table it was in.
-#[derive(Debug, Default)]
-pub struct ClusterCounters {
-    pub connections: AtomicU64,
-}
-
 /// A cluster as the data path uses it: its configuration plus what load
 /// balancing tracks.
 #[derive(Debug)]
@@ -55,6 +52,10 @@ pub struct ClusterRt {
     uniform: bool,
     next: AtomicUsize,
     pub counters: Arc<ClusterCounters>,
+    /// Endpoints known not to answer are skipped (see [`Health`]); `None`
+    /// for Istio's clusters, which try every endpoint as Envoy does
+    /// without outlier detection.
+    pub health: Option<Arc<Health>>,
 }
 
 /// Holds one active connection on an endpoint.
@@ -110,6 +111,29 @@ impl Table {
             generation,
             routes,
             clusters,
+        }
+    }
+
+    /// A table of one port routed to one cluster.
+    pub fn fixed(
+        port: u16,
+        name: &str,
+        cluster: Arc<Cluster>,
+        health: Option<Arc<Health>>,
+        counters: &Counters,
+    ) -> Table {
+        let mut rt = ClusterRt::carry(&cluster, None, counters);
+        if let Some(rt) = Arc::get_mut(&mut rt) {
+            rt.health = health;
+        }
+        let route = Route {
+            virtual_service: name.to_string(),
+            destinations: vec![(1, rt.clone())],
+        };
+        Table {
+            generation: 1,
+            routes: BTreeMap::from([(port, Arc::new(route))]),
+            clusters: HashMap::from([(cluster.name.clone(), rt)]),
         }
     }
 
@@ -176,6 +200,7 @@ impl ClusterRt {
             uniform,
             next: AtomicUsize::new(0),
             counters: counters.cluster(&config.name),
+            health: None,
         })
     }
 

@@ -1,0 +1,126 @@
+//! What the config layer yields: listeners, their weighted routes and the
+//! clusters they reach, fully resolved for this agent.
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc, time::Duration};
+
+use super::error::{Diagnostic, Origin};
+
+/// Everything the data path needs, fully resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// One per served port, sorted by port.
+    pub listeners: Vec<Listener>,
+    /// Unsupported-but-harmless settings and other things worth a look.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A TCP port the gateway accepts connections on.
+///
+/// A gateway evaluates TCP matches statically (Istio matches only the
+/// server port and the gateway name there, see `l4SingleMatch` in
+/// pilot/pkg/networking/core/gateway.go), so the first matching route is
+/// already chosen here and there is exactly one per listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub port: u16,
+    /// The Gateway that declared it, `namespace/name`.
+    pub gateway: String,
+    /// Where that Gateway came from and which of its `spec.servers` this
+    /// is, so a port the system refuses can be blamed on the right field.
+    pub origin: Origin,
+    pub server: usize,
+    pub route: TcpRoute,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRoute {
+    /// The VirtualService it came from, `namespace/name`.
+    pub virtual_service: String,
+    /// Index of the rule in the VirtualService's `spec.tcp`.
+    pub rule: usize,
+    /// Never empty; weights are relative (a connection goes to a
+    /// destination with probability weight / sum of weights).
+    pub destinations: Vec<WeightedCluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedCluster {
+    pub weight: u32,
+    pub cluster: Arc<Cluster>,
+}
+
+/// A set of endpoints plus how to use them, named like Envoy's clusters so
+/// logs and stats read the same as Istio's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `outbound|PORT|SUBSET|HOST`, e.g. `outbound|9000|v1|tcp-echo.ns.svc.cluster.local`.
+    pub name: String,
+    /// Never empty.
+    pub endpoints: Vec<Endpoint>,
+    pub lb: LbPolicy,
+    /// `connectionPool.tcp.connectTimeout`; Istio's default is 10s.
+    pub connect_timeout: Duration,
+    /// `connectionPool.tcp.idleTimeout`; `None` means no idle timeout (the
+    /// user wrote `0s`). Istio's default when unset is 1h.
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Address,
+    pub port: u16,
+    /// Relative load-balancing weight, at least 1.
+    pub weight: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where an endpoint is. DNS names (ServiceEntry `resolution: DNS`) are
+/// kept as names and resolved when connecting, as Envoy's STRICT_DNS does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Address {
+    Ip(IpAddr),
+    Dns(String),
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Ip(ip) => write!(f, "{ip}"),
+            Address::Dns(name) => f.write_str(name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    RoundRobin,
+    /// Istio's default (`UNSPECIFIED`), and what `LEAST_CONN` now means.
+    LeastRequest,
+    Random,
+}
+
+/// Istio's defaults for what a DestinationRule leaves out.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Who this gateway is, as Istio would see its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Matched against each Gateway's `spec.selector`.
+    pub labels: BTreeMap<String, String>,
+    /// The namespace the gateway "runs in", for `exportTo` visibility.
+    pub namespace: String,
+    /// Ports a Gateway may not claim, with what holds them (e.g. a metrics
+    /// endpoint), so the error can say why.
+    pub reserved_ports: BTreeMap<u16, String>,
+}
+
+impl Default for Agent {
+    /// Istio's default ingress gateway: `istio=ingressgateway` in `istio-system`.
+    fn default() -> Self {
+        Agent {
+            labels: BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
+            namespace: "istio-system".to_string(),
+            reserved_ports: BTreeMap::new(),
+        }
+    }
+}
