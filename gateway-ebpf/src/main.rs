@@ -5,6 +5,11 @@
 //! targets. The verdict sends each skb to the peer's egress while the agent
 //! grants credit, and otherwise passes it to the socket's own queue, where the
 //! agent reads it and writes it to the peer itself, in order.
+//!
+//! Rare events are logged through aya-log for the agent to print: the first
+//! failed redirect, unreadable sequence number or full overlap ring of a
+//! connection, and a socket the maps do not know each time their count
+//! reaches a power of two. Never a line per skb on the common path.
 #![no_std]
 #![no_main]
 
@@ -15,6 +20,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, SockHash},
     programs::SkBuffContext,
 };
+use aya_log_ebpf::warn;
 use gateway_common::{
     FlowStats, PeerCtl, DEFAULT_MAX_SOCKETS, SEQ_KNOWN, SKB_CB_OFFSET, SKIP_RING, TOTALS_LEN,
     TOTAL_EMPTY_DROPPED, TOTAL_OVERLAP, TOTAL_PASSED, TOTAL_REDIRECTED, TOTAL_REDIRECT_FAILED,
@@ -41,11 +47,16 @@ pub fn gateway_verdict(ctx: SkBuffContext) -> u32 {
     verdict(&ctx)
 }
 
+/// Adds `n` to this CPU's total in `slot`; returns the new total.
 #[inline(always)]
-fn add_total(slot: u32, n: u64) {
-    if let Some(total) = TOTALS.get_ptr_mut(slot) {
+fn add_total(slot: u32, n: u64) -> u64 {
+    match TOTALS.get_ptr_mut(slot) {
         // SAFETY: a per-CPU slot; preemption is off while a program runs.
-        unsafe { *total += n };
+        Some(total) => unsafe {
+            *total += n;
+            *total
+        },
+        None => 0,
     }
 }
 
@@ -66,7 +77,15 @@ fn verdict(ctx: &SkBuffContext) -> u32 {
     let (Some(ctl), Some(flow)) = (ctl, FLOWS.get_ptr_mut(cookie)) else {
         // Not ours yet (or any more): keep the bytes on the socket, where a
         // recv() still finds them.
-        add_total(TOTAL_UNKNOWN_SOCKET, 1);
+        let seen = add_total(TOTAL_UNKNOWN_SOCKET, 1);
+        if seen.is_power_of_two() {
+            warn!(
+                ctx,
+                "skb of socket {} the maps do not know: passed ({} such skbs on this CPU)",
+                cookie,
+                seen
+            );
+        }
         return SK_PASS;
     };
     // SAFETY: only this socket's verdict writes its FlowStats, and it never
@@ -75,6 +94,13 @@ fn verdict(ctx: &SkBuffContext) -> u32 {
     let Some(seq) = skb_seq(ctx, len) else {
         flow.seq_unknown += 1;
         add_total(TOTAL_SEQ_UNKNOWN, 1);
+        if flow.seq_unknown == 1 {
+            warn!(
+                ctx,
+                "socket {}: an skb's sequence numbers do not read right; passed, the agent ends the connection",
+                cookie
+            );
+        }
         return pass(flow, len);
     };
     let end = seq.wrapping_add(len as u32);
@@ -93,6 +119,13 @@ fn verdict(ctx: &SkBuffContext) -> u32 {
                 flow.skips += 1;
             } else {
                 flow.skip_overflow += 1;
+                if flow.skip_overflow == 1 {
+                    warn!(
+                        ctx,
+                        "socket {}: overlap ring full; passed, the agent ends the connection",
+                        cookie
+                    );
+                }
             }
             flow.overlap += over;
             add_total(TOTAL_OVERLAP, over);
@@ -112,6 +145,12 @@ fn verdict(ctx: &SkBuffContext) -> u32 {
         }
         flow.redirect_failed += 1;
         add_total(TOTAL_REDIRECT_FAILED, 1);
+        if flow.redirect_failed == 1 {
+            warn!(
+                ctx,
+                "socket {}: redirect to its peer {} failed; passed to the agent", cookie, ctl.peer
+            );
+        }
     }
     pass(flow, len)
 }

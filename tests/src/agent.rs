@@ -262,6 +262,15 @@ pub fn gateway_as(args: &[&str], uid: Option<u32>) -> Output {
     }
 }
 
+/// The last component of `dir`, as an instance name can hold it.
+fn dir_tag(dir: &Path) -> String {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent");
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(60)
+        .collect()
+}
+
 /// A running `gateway run`.
 pub struct Agent {
     process: Process,
@@ -269,6 +278,8 @@ pub struct Agent {
     pub ip: IpAddr,
     pub admin: PathBuf,
     pub state: PathBuf,
+    /// Where it serves `/metrics`, `/healthz` and `/ready`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -287,17 +298,46 @@ impl Agent {
             "--listen-address",
             &ip_text,
         ];
+        // Agents of one test binary run side by side: each its own
+        // instance, so that their pins do not collide.
+        let instance = dir_tag(dir);
+        if !extra.contains(&"--instance") {
+            args.extend(["--instance", &instance]);
+        }
+        // Beside the Gateway ports, on a port the system picks.
+        let metrics = format!("{ip}:0");
+        if !extra.contains(&"--metrics") {
+            args.extend(["--metrics", &metrics]);
+        }
         args.extend_from_slice(extra);
         let mut cmd = Command::new(bin("gateway"));
         cmd.args(&args);
-        let (process, _) =
-            Process::spawn(&mut cmd, |line| line.contains(" ready: ").then(String::new));
+        let (process, ready) = Process::spawn(&mut cmd, |line| {
+            line.contains(" ready: ").then(|| line.to_string())
+        });
+        let metrics = ready
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok());
         Agent {
             process,
             ip,
             admin,
             state,
+            metrics,
         }
+    }
+
+    /// `/metrics`, parsed by Prometheus' own parser.
+    pub fn metrics(&self) -> Vec<crate::prometheus::Sample> {
+        let (status, body) = crate::prometheus::get(self.metrics_addr(), "/metrics");
+        assert_eq!(status, 200, "{body}");
+        crate::prometheus::parse(&body)
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.expect("the agent serves metrics")
     }
 
     pub fn addr(&self, port: u16) -> SocketAddr {
@@ -376,6 +416,11 @@ impl Agent {
     /// `gateway delete -f FILE... [-n NS]` against this agent.
     pub fn delete(&self, files: &[&Path], ns: Option<&str>) -> Output {
         self.change("delete", files, ns, &[])
+    }
+
+    /// See [`Process::kill`].
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 
     pub fn pid(&self) -> i32 {
@@ -458,6 +503,11 @@ impl Held {
         stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
         let reader = BufReader::new(stream.try_clone().expect("clone"));
         Held { stream, reader }
+    }
+
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
     }
 
     /// Sends `line` (newline added), returns the reply line.

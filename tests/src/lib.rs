@@ -13,6 +13,7 @@ use std::{
 
 pub mod agent;
 pub mod netns;
+pub mod prometheus;
 pub mod scenarios;
 
 pub use netns::{Netns, Topology};
@@ -183,9 +184,40 @@ impl Drop for Process {
                 eprintln!("gateway: {line}");
             }
         }
+        self.kill();
+        self.remove_pins();
+    }
+}
+
+impl Process {
+    /// SIGKILL, as a crash or the OOM killer would; returns once it is
+    /// gone. Its pins stay until this is dropped.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// A killed agent leaves its pinned maps behind (as it would in
+    /// production, for `inspect` to read); a test cleans up after itself
+    /// unless another agent of the same instance runs there now.
+    fn remove_pins(&self) {
+        let lines = self.stderr();
+        let Some(dir) = lines
+            .iter()
+            .find_map(|l| l.split("maps pinned at ").nth(1))
+            .map(|rest| rest.split([',', ' ']).next().unwrap_or(rest))
+        else {
+            return;
+        };
+        let Ok(handle) = std::fs::File::open(dir) else {
+            return;
+        };
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -137,12 +137,21 @@ fn bpffs() -> anyhow::Result<()> {
     util::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
-/// Debian packages the tests and the demo use.
+/// Debian packages the tests and the demo use: each with the shell check
+/// that says it is there.
 fn debian_tools() -> anyhow::Result<()> {
-    let wanted = [("ip", "iproute2")];
+    let wanted = [
+        ("command -v ip", "iproute2"),
+        // The Prometheus project's own parser of its text format, which
+        // the metrics tests read `/metrics` with.
+        (
+            "/usr/bin/python3 -c 'import prometheus_client.parser'",
+            "python3-prometheus-client",
+        ),
+    ];
     let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(bin, _)| !quiet(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
+        .filter(|(check, _)| !quiet(Command::new("sh").args(["-c", check])))
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -1,8 +1,12 @@
 //! The kernel side of the ebpf dataplane: the embedded programs, their maps
 //! and totals, and putting a connection's two sockets in and out of them.
+pub mod inspect;
+pub mod pins;
+
 use std::{
     io,
     os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
     sync::Mutex,
 };
 
@@ -39,6 +43,10 @@ pub enum LoadError {
     },
     #[error("failed to load program `{PROG_VERDICT}`: {0}")]
     Program(aya::programs::ProgramError),
+    /// Another agent of the same instance runs: never a reason to fall
+    /// back, always an error.
+    #[error(transparent)]
+    Busy(pins::PinError),
     #[error("cannot turn on the kernel's BPF run-time statistics (--bpf-stats; Linux 5.8 or later): {0}")]
     RunStats(String),
 }
@@ -84,10 +92,16 @@ pub struct Kernel {
     /// Totals at the last `rebase`: the start-up check's bytes are not the
     /// users'.
     base: Mutex<KernelTotals>,
+    /// The maps' pins, removed at a clean stop ([`Kernel::unpin`]).
+    pins: Mutex<Option<pins::Pins>>,
     /// For the tests only: a pause between the two sockets' insertions into
     /// `SOCKS`, which widens the window in which a peer's FIN or reset makes
     /// the second insertion fail after the first socket's verdict has run.
     attach_pause: Option<std::time::Duration>,
+    /// Until the dataplane takes it to read.
+    logger: Mutex<Option<Logger>>,
+    /// `GATEWAY_TEST_FORGET_CLIENT`, once the start-up check has passed.
+    forget_client: std::sync::atomic::AtomicBool,
 }
 
 /// `GATEWAY_TEST_ATTACH_PAUSE_MS`: see [`Kernel::attach_pause`].
@@ -103,6 +117,23 @@ fn attach_pause() -> Option<std::time::Duration> {
 fn attach_pause() -> Option<std::time::Duration> {
     None
 }
+
+/// `GATEWAY_TEST_FORGET_CLIENT`: each attached client socket loses its
+/// control record at once, so that its verdict meets a socket the maps do
+/// not know (and says so in the agent's log).
+#[cfg(feature = "test-hooks")]
+fn forget_client() -> bool {
+    std::env::var_os("GATEWAY_TEST_FORGET_CLIENT").is_some()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn forget_client() -> bool {
+    false
+}
+
+/// What the verdict logs (aya-log's ring buffer), read by the agent and
+/// written to its own log through the `log` bridge.
+pub type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// The two cookies of an attached connection.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +175,30 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> (String, bool) {
     (msg, denied)
 }
 
+/// Pins every map of `ebpf` under `dir`; `None` (with a warning) where
+/// that cannot be done, an error only when another agent holds `dir`.
+fn pin_all(ebpf: &Ebpf, dir: &Path) -> Result<Option<pins::Pins>, LoadError> {
+    let mut pins = match pins::Pins::take(dir) {
+        Ok(p) => p,
+        Err(e @ pins::PinError::Busy(_)) => return Err(LoadError::Busy(e)),
+        Err(e) => {
+            tracing::warn!("the maps are not pinned, `gateway inspect` cannot see them: {e}");
+            return Ok(None);
+        }
+    };
+    for name in pins::MAPS {
+        let Some(map) = ebpf.map(name) else {
+            return Err(LoadError::MissingMap(name));
+        };
+        if let Err(e) = pins.pin(name, map) {
+            tracing::warn!("the maps are not pinned, `gateway inspect` cannot see them: {e}");
+            return Ok(None);
+        }
+    }
+    tracing::debug!("maps pinned under {}", pins.dir().display());
+    Ok(Some(pins))
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> AttachError {
     move |source| match &source {
         MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
@@ -159,9 +214,11 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> AttachError {
 }
 
 impl Kernel {
-    /// Loads the programs with maps sized for `max_sockets` sockets and
-    /// attaches the verdict to `SOCKS`.
-    pub fn load(max_sockets: u32) -> Result<Self, LoadError> {
+    /// Loads the programs with maps sized for `max_sockets` sockets,
+    /// pins the maps under `pin_dir` (if given) and attaches the verdict
+    /// to `SOCKS`. Pinning serves inspection only: where bpffs is missing
+    /// the agent runs unpinned, with a warning.
+    pub fn load(max_sockets: u32, pin_dir: Option<&Path>) -> Result<Self, LoadError> {
         // Kernels before 5.11 charge maps to RLIMIT_MEMLOCK; later ones ignore it.
         let _ = crate::sys::raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
@@ -174,6 +231,10 @@ impl Kernel {
                 (msg, true) => LoadError::Privileges(msg),
                 (msg, false) => LoadError::Load(msg),
             })?;
+        let pins = match pin_dir {
+            Some(dir) => pin_all(&ebpf, dir)?,
+            None => None,
+        };
         fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
             ebpf: &mut Ebpf,
             name: &'static str,
@@ -195,13 +256,46 @@ impl Kernel {
             .map_err(LoadError::Program)?;
         prog.load().map_err(LoadError::Program)?;
         prog.attach(maps.socks.fd()).map_err(LoadError::Program)?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "the verdict's log cannot be read; its counters still count");
+                None
+            }
+        };
         Ok(Self {
+            logger: Mutex::new(logger),
+            forget_client: std::sync::atomic::AtomicBool::new(false),
             ebpf,
             run_stats: None,
             maps: Mutex::new(maps),
             base: Mutex::default(),
+            pins: Mutex::new(pins),
             attach_pause: attach_pause(),
         })
+    }
+
+    /// Where the maps are pinned, if they are.
+    pub fn pin_dir(&self) -> Option<PathBuf> {
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.as_ref().map(|p| p.dir().to_path_buf())
+    }
+
+    /// The start-up check has passed: the test hooks that would break it
+    /// may act now.
+    pub fn checked(&self) {
+        self.forget_client
+            .store(forget_client(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The verdict's log, once: whoever takes it reads it.
+    pub fn take_logger(&self) -> Option<Logger> {
+        self.logger.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Removes the pins (a clean stop): nothing is left for `inspect`.
+    pub fn unpin(&self) {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Turns the kernel's run-time statistics on for as long as this lives,
@@ -298,6 +392,12 @@ impl Kernel {
         }
         if maps.socks.insert(pair.b, b.as_raw_fd(), 0).is_err() {
             pair.b_verdict = false;
+        }
+        if self
+            .forget_client
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = maps.peers.remove(&pair.a);
         }
         drop(maps);
         // Bytes that arrived before insertion wait for the next segment unless

@@ -10,9 +10,13 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
+    control::admin,
     dataplane,
     istio::{Address, Cluster, Endpoint, LbPolicy},
-    proxy::{dial::connect, health::Health, ports::Ports, signals::Signals, table::Table, Runtime},
+    proxy::{
+        dial::connect, health::Health, http, ports::Ports, signals::Signals, table::Table,
+        ObserveArgs, Runtime,
+    },
 };
 
 /// The cluster's name in the counters.
@@ -34,6 +38,8 @@ pub struct Args {
     pub to: Vec<String>,
     #[command(flatten)]
     pub dataplane: dataplane::DataplaneArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
     /// How long to wait for a backend to accept (Istio's default: 10s).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = super::parse_duration)]
     pub connect_timeout: Duration,
@@ -51,6 +57,10 @@ pub struct Args {
     /// On SIGINT/SIGTERM, how long to let open connections finish.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::parse_duration)]
     pub drain_timeout: Duration,
+    /// An admin socket for `gateway inspect connections|routes --admin PATH`
+    /// (none by default: several forwards may run side by side).
+    #[arg(long, value_name = "PATH")]
+    pub admin: Option<std::path::PathBuf>,
 }
 
 fn resolve(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
@@ -84,7 +94,12 @@ fn cluster(addrs: &[SocketAddr], connect_timeout: Duration) -> Arc<Cluster> {
     })
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
+    let instance = match args.listen.port() {
+        0 => format!("forward-{}", std::process::id()),
+        port => format!("forward-{port}"),
+    };
+    args.dataplane.instance.get_or_insert(instance);
     let addrs = resolve(&args.to)?;
     let health = Health::new(addrs.clone(), args.connect_timeout);
     if args.check_targets {
@@ -108,7 +123,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         health.probe_all();
     }
     let mut signals = Signals::install()?;
-    let rt = Runtime::start(&args.dataplane).await?;
+    let rt = Runtime::start(&args.dataplane, &args.observe).await?;
+    let metrics = match args.observe.metrics {
+        Some(http::Listen::On(addr)) => Some(http::bind(addr).await?),
+        _ => None,
+    };
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_task = metrics.map(|l| tokio::spawn(http::serve(l, rt.clone())));
     let listeners = rt
         .workers
         .bind(args.listen)
@@ -121,20 +142,40 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(health),
         &rt.counters,
     )));
+    let admin_task = match &args.admin {
+        Some(path) => {
+            let server = admin::Server::bind(path)?;
+            Some(tokio::spawn(server.serve(None, rt.clone())))
+        }
+        None => None,
+    };
     let mut ports = Ports::default();
     ports.serve(local.port(), listeners, rt.clone());
+    rt.set_ready();
     tracing::info!(
-        "listening on {local}, forwarding to {}, dataplane {}, {} workers",
+        "listening on {local}, forwarding to {}, dataplane {}, {} workers{}{}",
         addrs
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(","),
         format_args!("{:#}", rt.dp.kind()),
-        rt.workers.len()
+        rt.workers.len(),
+        metrics_addr
+            .map(|a| format!(", metrics on http://{a}/metrics"))
+            .unwrap_or_default(),
+        rt.dp
+            .kernel()
+            .and_then(|k| k.pin_dir())
+            .map(|d| format!(", maps pinned at {}", d.display()))
+            .unwrap_or_default()
     );
     rt.serve_signals(&mut signals).await;
     ports.close_all().await;
     rt.finish(args.drain_timeout).await;
+    for task in [admin_task, metrics_task].into_iter().flatten() {
+        task.abort();
+        let _ = task.await;
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::control::admin;
 
 mod change;
 mod forward;
+mod inspect;
 mod run;
 
 /// An eBPF-accelerated TCP gateway: the kernel moves the bytes.
@@ -32,6 +33,8 @@ enum Command {
     Validate(change::ValidateArgs),
     /// Forward one listening address to backends (like socat, in the kernel).
     Forward(forward::Args),
+    /// Show what the kernel holds for a gateway: its pinned BPF maps.
+    Inspect(inspect::Args),
 }
 
 /// Parses `10s`, `250ms`, `2m`, `1h`, or plain seconds.
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Apply(args) => return finish(change::change(admin::Op::Apply, args)),
         Command::Delete(args) => return finish(change::change(admin::Op::Delete, args)),
         Command::Validate(args) => return finish(change::validate(args)),
+        Command::Inspect(args) => return finish(inspect::inspect(args)),
         other => other,
     };
     tracing_subscriber::fmt()
@@ -93,7 +97,9 @@ pub fn main() -> ExitCode {
         match command {
             Command::Run(args) => run::run(args).await,
             Command::Forward(args) => forward::run(args).await,
-            Command::Apply(_) | Command::Delete(_) | Command::Validate(_) => Ok(()),
+            Command::Apply(_) | Command::Delete(_) | Command::Validate(_) | Command::Inspect(_) => {
+                Ok(())
+            }
         }
     });
     finish(result)

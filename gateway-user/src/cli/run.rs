@@ -14,7 +14,7 @@ use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 use crate::{
     control::{admin, files, state::StateDir, BadConfig, Controller},
     istio,
-    proxy::{signals::Signals, Runtime},
+    proxy::{http, signals::Signals, ObserveArgs, Runtime},
 };
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +49,8 @@ pub struct RunArgs {
     pub listen_address: IpAddr,
     #[command(flatten)]
     pub dataplane: crate::dataplane::DataplaneArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
     /// How often --config files are checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = super::parse_duration)]
     pub watch_interval: Duration,
@@ -56,6 +58,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = super::parse_duration)]
     pub drain_timeout: Duration,
 }
+
+/// The instance a `gateway run` is unless told otherwise.
+pub const DEFAULT_INSTANCE: &str = "default";
 
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -71,7 +76,10 @@ pub fn agent_identity(labels: &[(String, String)]) -> istio::Agent {
     }
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
+    args.dataplane
+        .instance
+        .get_or_insert_with(|| DEFAULT_INSTANCE.to_string());
     let agent = agent_identity(&args.labels);
     let state = StateDir::open(&args.state_dir)?;
     let overlay = state.load().map_err(BadConfig)?;
@@ -85,13 +93,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let plan = Controller::plan_start(agent, files, overlay).map_err(BadConfig)?;
 
-    let rt = Runtime::start(&args.dataplane).await?;
+    let rt = Runtime::start(&args.dataplane, &args.observe).await?;
+    let metrics = match args.observe.metrics {
+        Some(http::Listen::Off) => None,
+        Some(http::Listen::On(addr)) => Some(http::bind(addr).await?),
+        None => Some(http::bind(http::DEFAULT_METRICS.parse()?).await?),
+    };
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    // Up from the start: `/healthz` answers while the config loads.
+    let metrics_task = metrics.map(|l| tokio::spawn(http::serve(l, rt.clone())));
     // Before any port opens: a second agent must fail without serving.
     let admin = admin::Server::bind(&args.admin)?;
     let controller = Controller::start(plan, state, args.listen_address, rt.clone())
         .await
         .map_err(BadConfig)?;
     let controller = Arc::new(tokio::sync::Mutex::new(controller));
+    rt.set_ready();
     // Handlers in place before anyone can be told the agent is ready: a
     // signal that comes first would otherwise kill it.
     let mut signals = Signals::install()?;
@@ -99,7 +116,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let c = controller.lock().await;
         tracing::info!(
             "ready: config generation {}, {} resources, ports [{}], dataplane {}, {} workers, \
-             admin socket {}",
+             admin socket {}, metrics {}{}",
             c.generation(),
             c.resource_count(),
             rt.table()
@@ -110,10 +127,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .join(", "),
             format_args!("{:#}", rt.dp.kind()),
             rt.workers.len(),
-            args.admin.display()
+            args.admin.display(),
+            metrics_addr.map_or("off".to_string(), |a| format!("on http://{a}/metrics")),
+            rt.dp
+                .kernel()
+                .and_then(|k| k.pin_dir())
+                .map(|d| format!(", maps pinned at {}", d.display()))
+                .unwrap_or_default()
         );
     }
-    let admin_task = tokio::spawn(admin.serve(controller.clone()));
+    let admin_task = tokio::spawn(admin.serve(Some(controller.clone()), rt.clone()));
     let watch_task = (!args.config.is_empty()).then(|| {
         tokio::spawn(files::run(
             args.config.clone(),
@@ -135,5 +158,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     controller.lock().await.close_ports().await;
     rt.finish(args.drain_timeout).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+        let _ = task.await;
+    }
     Ok(())
 }

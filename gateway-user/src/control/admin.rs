@@ -1,5 +1,5 @@
 //! The admin socket: how `gateway apply` and `gateway delete` reach the
-//! running agent.
+//! running agent, and `gateway inspect` asks what it serves.
 //!
 //! A Unix stream socket, mode 0600 (root only), one request per
 //! connection: the client writes one JSON [`Request`] and shuts its write
@@ -25,8 +25,10 @@ use tokio::{
 };
 
 use super::{Controller, Error, Outcome};
-use crate::istio::{
-    self, Action, Batch, ConfigError, Diagnostic, Kind, Location, Origin, ResourceId,
+use crate::{
+    istio::{self, Action, Batch, ConfigError, Diagnostic, Kind, Location, Origin, ResourceId},
+    proxy::{table::RouteView, Runtime},
+    telemetry::conns::ConnView,
 };
 
 /// Where `gateway run` listens for `gateway apply` and `gateway delete`.
@@ -44,6 +46,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Op {
     Apply,
     Delete,
+    /// The live connections (`gateway inspect connections`).
+    Connections,
+    /// Each port's route and its split (`gateway inspect routes`).
+    Routes,
 }
 
 impl std::fmt::Display for Op {
@@ -51,6 +57,8 @@ impl std::fmt::Display for Op {
         f.write_str(match self {
             Op::Apply => "gateway apply",
             Op::Delete => "gateway delete",
+            Op::Connections => "gateway inspect connections",
+            Op::Routes => "gateway inspect routes",
         })
     }
 }
@@ -63,7 +71,20 @@ pub struct Request {
     /// Check everything (ports included) but change nothing.
     #[serde(default)]
     pub dry_run: bool,
+    #[serde(default)]
     pub files: Vec<File>,
+}
+
+impl Request {
+    /// A question that changes nothing.
+    pub fn query(op: Op) -> Request {
+        Request {
+            op,
+            namespace: None,
+            dry_run: false,
+            files: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -168,6 +189,13 @@ pub struct Response {
     /// The config generation in force after the change.
     #[serde(default)]
     pub generation: u64,
+    /// The dataplane in force, with an answer to a query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Vec<ConnView>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<Vec<RouteView>>,
 }
 
 impl Response {
@@ -182,6 +210,7 @@ impl Response {
             not_found: not_found.iter().map(ToString::to_string).collect(),
             warnings: outcome.warnings.iter().map(Problem::from).collect(),
             generation: outcome.generation,
+            ..Response::default()
         }
     }
 
@@ -260,11 +289,17 @@ impl Server {
         })
     }
 
-    pub async fn serve(self, controller: Arc<Mutex<Controller>>) {
+    /// Answers requests until dropped: changes through `controller` (none
+    /// for `gateway forward`, whose table is fixed), questions from `rt`
+    /// without waiting for a change in progress.
+    pub async fn serve(self, controller: Option<Arc<Mutex<Controller>>>, rt: Arc<Runtime>) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, controller.clone()));
+                    use tracing::Instrument as _;
+                    // What the change logs is told apart by its request.
+                    let span = tracing::info_span!("admin", op = tracing::field::Empty);
+                    tokio::spawn(handle(stream, controller.clone(), rt.clone()).instrument(span));
                 }
                 Err(e) => {
                     tracing::warn!("admin socket: accept failed: {e}");
@@ -281,7 +316,11 @@ impl Drop for Server {
     }
 }
 
-async fn handle(mut stream: UnixStream, controller: Arc<Mutex<Controller>>) {
+async fn handle(
+    mut stream: UnixStream,
+    controller: Option<Arc<Mutex<Controller>>>,
+    rt: Arc<Runtime>,
+) {
     // The socket's mode already keeps others out; this also refuses a
     // process that was handed a descriptor to it.
     // SAFETY: geteuid cannot fail.
@@ -299,37 +338,68 @@ async fn handle(mut stream: UnixStream, controller: Arc<Mutex<Controller>>) {
         (&mut stream).take(MAX_REQUEST + 1).read_to_end(&mut raw),
     )
     .await;
-    let response = match read {
-        Err(_) => Response::error("the request did not arrive in time"),
-        Ok(Err(e)) => Response::error(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) if raw.len() as u64 > MAX_REQUEST => {
-            Response::error(format!("the request is larger than {MAX_REQUEST} bytes"))
+    let request = match read {
+        Err(_) => Err(Response::error("the request did not arrive in time")),
+        Ok(Err(e)) => Err(Response::error(format!("cannot read the request: {e}"))),
+        Ok(Ok(_)) if raw.len() as u64 > MAX_REQUEST => Err(Response::error(format!(
+            "the request is larger than {MAX_REQUEST} bytes"
+        ))),
+        Ok(Ok(_)) => serde_json::from_slice::<Request>(&raw)
+            .map_err(|e| Response::error(format!("not a gateway admin request: {e}"))),
+    };
+    let response = match request {
+        Err(r) => r,
+        Ok(req) => {
+            tracing::Span::current().record("op", tracing::field::display(req.op));
+            answer(req, controller.as_deref(), &rt).await
         }
-        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&raw) {
-            Err(e) => Response::error(format!("not a gateway admin request: {e}")),
-            Ok(req) => match parse(&req) {
-                Err(e) => {
-                    tracing::warn!("{} refused: {e}", req.op);
-                    Response::refused(&e.diagnostics())
-                }
-                Ok(batch) => {
-                    let mut c = controller.lock().await;
-                    let result = match req.op {
-                        Op::Apply => c.apply(batch, req.dry_run).await,
-                        Op::Delete => c.delete(batch, req.dry_run).await,
-                    };
-                    match result {
-                        Ok(outcome) => Response::of(outcome),
-                        Err(e) => {
-                            tracing::warn!("{} refused: {e}", req.op);
-                            Response::refused(&e.diagnostics())
-                        }
-                    }
-                }
-            },
-        },
     };
     let _ = reply(&mut stream, &response).await;
+}
+
+async fn answer(req: Request, controller: Option<&Mutex<Controller>>, rt: &Runtime) -> Response {
+    if matches!(req.op, Op::Connections | Op::Routes) {
+        return query(req.op, rt);
+    }
+    let Some(controller) = controller else {
+        return Response::error(format!(
+            "{}: this agent's routing is fixed by its command line (gateway forward)",
+            req.op
+        ));
+    };
+    let batch = match parse(&req) {
+        Ok(batch) => batch,
+        Err(e) => {
+            tracing::warn!("{} refused: {e}", req.op);
+            return Response::refused(&e.diagnostics());
+        }
+    };
+    let mut c = controller.lock().await;
+    let result = match req.op {
+        Op::Delete => c.delete(batch, req.dry_run).await,
+        _ => c.apply(batch, req.dry_run).await,
+    };
+    match result {
+        Ok(outcome) => Response::of(outcome),
+        Err(e) => {
+            tracing::warn!("{} refused: {e}", req.op);
+            Response::refused(&e.diagnostics())
+        }
+    }
+}
+
+fn query(op: Op, rt: &Runtime) -> Response {
+    let table = rt.table();
+    let mut r = Response {
+        generation: table.generation,
+        dataplane: Some(rt.dp.kind().to_string()),
+        ..Response::default()
+    };
+    match op {
+        Op::Connections => r.connections = Some(rt.dp.connections()),
+        _ => r.routes = Some(table.views()),
+    }
+    r
 }
 
 async fn reply(stream: &mut UnixStream, r: &Response) -> std::io::Result<()> {

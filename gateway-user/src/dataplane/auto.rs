@@ -33,7 +33,8 @@ impl Dataplane {
         backend: TcpStream,
         entry: Entry,
     ) -> End {
-        match copy::run(&self.stats, &client, &backend, Some(PROMOTE)).await {
+        entry.meter().set_path(crate::telemetry::conns::Path::Copy);
+        match copy::run(&self.stats, entry.meter(), &client, &backend, Some(PROMOTE)).await {
             copy::Outcome::Ended(result) => {
                 Stats::inc(&self.stats.dataplane_userspace);
                 end_of(result, client, backend, entry)
@@ -59,6 +60,7 @@ impl Dataplane {
                     (Some(c), Some(b)) => Some([c, b]),
                     _ => {
                         tracing::debug!(
+                            conn = entry.id(),
                             "moved connection: counters unsettled, measured on the kernel path"
                         );
                         None

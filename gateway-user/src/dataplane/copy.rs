@@ -8,7 +8,7 @@ use std::io;
 
 use tokio::{io::Interest, net::TcpStream};
 
-use crate::telemetry::Stats;
+use crate::telemetry::{conns::Meter, Stats};
 
 const BUF: usize = 64 * 1024;
 /// Most one read takes when it must empty the queue before a move to the
@@ -92,12 +92,18 @@ enum Step {
 
 /// Relays `a` and `b` until both directions have forwarded their FIN, one
 /// fails, or (with `promote`) the connection should move to the kernel.
-pub async fn run(stats: &Stats, a: &TcpStream, b: &TcpStream, promote: Option<Promote>) -> Outcome {
+pub async fn run(
+    stats: &Stats,
+    meter: &Meter,
+    a: &TcpStream,
+    b: &TcpStream,
+    promote: Option<Promote>,
+) -> Outcome {
     let socks = [a, b];
     let mut ways = [Way::default(), Way::default()];
     loop {
         for i in 0..2 {
-            match step(stats, &socks, &mut ways, i, promote) {
+            match step(stats, meter, &socks, &mut ways, i, promote) {
                 Ok(Step::Wait) => {}
                 Ok(Step::Promote { bulk }) => {
                     return Outcome::Promote {
@@ -133,6 +139,7 @@ pub async fn run(stats: &Stats, a: &TcpStream, b: &TcpStream, promote: Option<Pr
 /// Moves way `i` as far as it goes without waiting.
 fn step(
     stats: &Stats,
+    meter: &Meter,
     socks: &[&TcpStream; 2],
     ways: &mut [Way; 2],
     i: usize,
@@ -152,6 +159,7 @@ fn step(
                 Ok(n) => {
                     w.off += n;
                     Stats::add(&stats.bytes_agent_copied, n as u64);
+                    meter.moved(i, n as u64);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -210,6 +218,7 @@ fn step(
                 if !ways[1 - i].done {
                     crate::sys::shutdown_write(dst)?;
                 }
+                meter.closed(i);
                 let w = &mut ways[i];
                 w.done = true;
                 w.buf = Vec::new();

@@ -24,7 +24,10 @@ use super::{is_peer_gone, reset_both, End, Options};
 use crate::{
     bpf::{AttachError, Kernel},
     sys,
-    telemetry::{conns::Entry, Stats},
+    telemetry::{
+        conns::{Entry, Meter},
+        Stats,
+    },
 };
 
 /// Most bytes the agent holds for one direction when it moves passed bytes.
@@ -158,10 +161,11 @@ pub async fn relay(
         Ok(pair) => pair,
         Err(e) => return Err((e, client, backend, entry)),
     };
+    entry.meter().in_kernel([pair.a, pair.b]);
     let socks = match (to_async(client), to_async(backend)) {
         (Ok(c), Ok(b)) => [c, b],
         (c, b) => {
-            kernel.detach(pair);
+            left(entry.meter(), kernel.detach(pair));
             // The verdict may already have taken bytes: the connection ends
             // with a reset on both sides, never a FIN after a hole.
             let open = [c, b].into_iter().filter_map(|s| match s {
@@ -219,11 +223,12 @@ pub async fn relay(
     if !pair.b_verdict {
         Stats::inc(&stats.ebpf_backend_copied);
     }
-    let end = run(kernel, &socks, &mut ways).await;
+    let end = run(kernel, (entry.id(), entry.meter()), &socks, &mut ways).await;
     if !matches!(end, End::Completed) {
         reset_both(socks[0].get_ref(), socks[1].get_ref());
     }
     let flows = kernel.detach(pair);
+    left(entry.meter(), flows);
     Stats::add(
         &stats.bytes_kernel_redirected,
         flows.iter().map(|f| f.redirected).sum(),
@@ -236,6 +241,12 @@ pub async fn relay(
     drop(entry);
     drop(socks);
     Ok(end)
+}
+
+/// The connection is out of the sockhash: what the verdict redirected each
+/// way is the connection's for good.
+fn left(meter: &Meter, flows: [FlowStats; 2]) {
+    meter.left_kernel([flows[0].redirected, flows[1].redirected]);
 }
 
 fn initial_allowance(t: &TcpStream, window: u64) -> u64 {
@@ -262,7 +273,13 @@ fn to_async(s: TcpStream) -> Result<AsyncFd<StdStream>, Option<StdStream>> {
         .map_err(|e| Some(e.into_parts().0))
 }
 
-async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 2]) -> End {
+/// `conn`: the connection's id, for its log lines, and its meter.
+async fn run(
+    kernel: &Kernel,
+    conn: (u64, &Meter),
+    socks: &[AsyncFd<StdStream>; 2],
+    ways: &mut [Way; 2],
+) -> End {
     loop {
         // Errors first: a reset on either side ends both.
         for s in socks {
@@ -278,7 +295,7 @@ async fn run(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], ways: &mut [Way; 
             }
         }
         for w in ways.iter_mut() {
-            if let Err(end) = pump(kernel, socks, w) {
+            if let Err(end) = pump(kernel, conn, socks, w) {
                 return end;
             }
         }
@@ -342,7 +359,12 @@ fn gone(e: io::Error) -> End {
 
 /// Moves one direction forward as far as it can without waiting; `Err` ends
 /// the connection.
-fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result<(), End> {
+fn pump(
+    kernel: &Kernel,
+    (id, meter): (u64, &Meter),
+    socks: &[AsyncFd<StdStream>; 2],
+    w: &mut Way,
+) -> Result<(), End> {
     let was_ticking = w.tick;
     w.tick = None;
     w.blocked = false;
@@ -369,6 +391,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
                 Ok(n) => {
                     w.pending.drain(..n);
                     w.ctl.consumed += n as u64;
+                    meter.moved(w.src, n as u64);
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -461,6 +484,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         w.fin_seen = true;
         if written == payload && w.pending.is_empty() {
             sys::shutdown_write(dst).map_err(gone)?;
+            meter.closed(w.src);
             w.fin_sent = true;
             w.tick = None;
             return Ok(());
@@ -491,6 +515,7 @@ fn pump(kernel: &Kernel, socks: &[AsyncFd<StdStream>; 2], w: &mut Way) -> Result
         if stuck && w.last_change.elapsed() > KICK && !w.kicked {
             w.kicked = true;
             tracing::warn!(
+                conn = id,
                 "psock queue stalled with {} bytes for {:?}: kicking its worker",
                 flow.redirected + w.sent() - written,
                 w.last_change.elapsed()

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 pub use crate::bpf::Kernel;
 use crate::telemetry::{
-    conns::{Entry, Registry},
+    conns::{Entry, Live, Path, Registry},
     Stats,
 };
 use auto::PROMOTE;
@@ -82,11 +82,13 @@ impl Dataplane {
         choice: Choice,
         opts: Options,
         stats: Arc<Stats>,
+        pin_dir: Option<&std::path::Path>,
     ) -> Result<Self, crate::bpf::LoadError> {
         let (kind, mut kernel) = match choice {
-            Choice::Ebpf => (Kind::Ebpf, Some(Kernel::load(opts.max_sockets)?)),
-            Choice::Auto => match Kernel::load(opts.max_sockets) {
+            Choice::Ebpf => (Kind::Ebpf, Some(Kernel::load(opts.max_sockets, pin_dir)?)),
+            Choice::Auto => match Kernel::load(opts.max_sockets, pin_dir) {
                 Ok(k) => (Kind::Adaptive, Some(k)),
+                Err(e @ crate::bpf::LoadError::Busy(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!("ebpf dataplane unavailable, using splice: {e}");
                     (Kind::Splice, None)
@@ -116,8 +118,16 @@ impl Dataplane {
     /// The dataplane `args` ask for, loaded and checked on this kernel: what
     /// `gateway forward` and `gateway run` serve with.
     pub async fn start(args: &DataplaneArgs, stats: Arc<Stats>) -> anyhow::Result<Self> {
-        let mut dp = Self::new(args.dataplane, args.options(), stats)?;
+        let mut dp = Self::new(
+            args.dataplane,
+            args.options(),
+            stats,
+            args.pin_dir().as_deref(),
+        )?;
         dp.check(args.dataplane).await?;
+        if let Some(logger) = dp.kernel().and_then(Kernel::take_logger) {
+            tokio::spawn(read_verdict_log(logger));
+        }
         Ok(dp)
     }
 
@@ -135,6 +145,7 @@ impl Dataplane {
             Ok(()) => {
                 tracing::debug!("ebpf dataplane passed its start-up check on Linux {release}");
                 kernel.rebase();
+                kernel.checked();
                 Ok(())
             }
             Err(probe::Outcome::Unavailable(why)) => {
@@ -162,8 +173,15 @@ impl Dataplane {
         self.kernel.as_deref()
     }
 
-    pub fn conns(&self) -> &Registry {
+    pub fn conns(&self) -> &Arc<Registry> {
         &self.conns
+    }
+
+    /// Every live connection, its kernel bytes read from the flow maps now.
+    pub fn connections(&self) -> Vec<crate::telemetry::conns::ConnView> {
+        let kernel = self.kernel.as_deref();
+        self.conns
+            .views(|cookie| kernel.and_then(|k| k.flow(cookie)).map(|f| f.redirected))
     }
 
     /// Moves bytes both ways between `client` and `backend` until both
@@ -172,9 +190,12 @@ impl Dataplane {
     /// Every connection's task holds this future from accept to close, so
     /// the paths a connection may move to (the kernel path, splice) are
     /// boxed: allocated only when it takes them, not carried by all.
-    pub async fn relay(&self, client: TcpStream, backend: TcpStream) -> End {
+    /// What it moves is counted in `live`'s meter.
+    pub async fn relay(&self, client: TcpStream, backend: TcpStream, live: &Arc<Live>) -> End {
         use std::os::fd::AsRawFd as _;
-        let entry = self.conns.add(client.as_raw_fd(), backend.as_raw_fd());
+        let entry = self
+            .conns
+            .hold(live, client.as_raw_fd(), backend.as_raw_fd());
         let end = match (&self.kind, &self.kernel) {
             (Kind::Ebpf, Some(kernel)) => {
                 Box::pin(self.in_kernel(kernel, client, backend, entry, ebpf::Before::default()))
@@ -183,10 +204,12 @@ impl Dataplane {
             (Kind::Adaptive, Some(kernel)) => self.adaptive(kernel, client, backend, entry).await,
             (Kind::Userspace, _) => {
                 Stats::inc(&self.stats.dataplane_userspace);
-                let result = match copy::run(&self.stats, &client, &backend, None).await {
-                    copy::Outcome::Ended(result) => result,
-                    copy::Outcome::Promote { .. } => unreachable!("no promotion asked for"),
-                };
+                entry.meter().set_path(Path::Copy);
+                let result =
+                    match copy::run(&self.stats, entry.meter(), &client, &backend, None).await {
+                        copy::Outcome::Ended(result) => result,
+                        copy::Outcome::Promote { .. } => unreachable!("no promotion asked for"),
+                    };
                 end_of(result, client, backend, entry)
             }
             _ => {
@@ -194,18 +217,44 @@ impl Dataplane {
                 self.spliced(client, backend, entry).await
             }
         };
-        match &end {
-            End::Completed => Stats::inc(&self.stats.connections_completed),
-            End::Reset(e) => {
-                tracing::debug!("connection reset: {e}");
-                Stats::inc(&self.stats.connections_reset)
-            }
-            End::Aborted(why) => {
-                tracing::warn!("connection aborted: {why}");
-                Stats::inc(&self.stats.connections_aborted)
-            }
-        }
+        // Logged by the caller, which knows the connection: keeping it
+        // here across the await would make every connection's task bigger.
+        Stats::inc(match &end {
+            End::Completed => &self.stats.connections_completed,
+            End::Reset(_) => &self.stats.connections_reset,
+            End::Aborted(_) => &self.stats.connections_aborted,
+        });
         end
+    }
+}
+
+/// Prints what the verdict logs, as it comes, until the agent exits.
+async fn read_verdict_log(logger: crate::bpf::Logger) {
+    struct Fd(crate::bpf::Logger);
+    impl std::os::fd::AsRawFd for Fd {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            use std::os::fd::AsFd as _;
+            self.0.as_fd().as_raw_fd()
+        }
+    }
+    // SAFETY: the logger owns its ring buffer's descriptor, which nothing
+    // closes or replaces while the AsyncFd holds it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(Fd(logger), tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e.into_parts().1, "the verdict's log cannot be read");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = fd.readable_mut().await else {
+            return;
+        };
+        ready.get_inner_mut().0.flush();
+        ready.clear_ready();
     }
 }
 
@@ -252,7 +301,7 @@ impl Dataplane {
                 end
             }
             Err((e, client, backend, entry)) => {
-                tracing::debug!("connection runs on splice: {e}");
+                tracing::debug!(conn = entry.id(), error = %e, "connection runs on splice");
                 Stats::inc(&self.stats.ebpf_fallback_splice);
                 Stats::inc(&self.stats.dataplane_splice);
                 self.spliced(client, backend, entry).await
@@ -292,8 +341,10 @@ mod tests {
                 pipe_bytes: 0,
                 bpf_stats: false,
             };
-            let dp = Dataplane::new(Choice::Userspace, opts, Arc::default()).expect("dataplane");
-            let relay = dp.relay(a, b);
+            let dp =
+                Dataplane::new(Choice::Userspace, opts, Arc::default(), None).expect("dataplane");
+            let conn = dp.conns.register(addr, addr, "r".into());
+            let relay = dp.relay(a, b, &conn.live);
             let size = std::mem::size_of_val(&relay);
             assert!(size <= 1024, "relay's future is {size} bytes");
         });

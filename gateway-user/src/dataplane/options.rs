@@ -1,5 +1,7 @@
 //! What `--dataplane` and its tuning flags ask for, shared by `gateway
 //! run` and `gateway forward`.
+use std::path::PathBuf;
+
 use super::splice;
 
 /// What the user asked for with `--dataplane`.
@@ -51,6 +53,17 @@ pub struct DataplaneArgs {
     /// them (BPF_ENABLE_STATS, Linux 5.8), at two clock reads per run.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// This gateway's name on the host: it names the directory its BPF
+    /// maps are pinned in, which `gateway inspect` reads (default:
+    /// `default` for `gateway run`, `forward-PORT` for `gateway forward`).
+    /// Two agents of one instance are refused.
+    #[arg(long, value_name = "NAME", value_parser = crate::bpf::pins::check_instance)]
+    pub instance: Option<String>,
+    /// Where the BPF maps are pinned (default:
+    /// /sys/fs/bpf/gateway/INSTANCE). Removed at a clean stop; a restarted
+    /// agent removes what a killed one left.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 /// Where `auto` sends bulk connections.
@@ -61,6 +74,13 @@ pub enum BulkPath {
 }
 
 impl DataplaneArgs {
+    /// Where the maps are pinned: `--bpffs`, else the instance's directory.
+    pub fn pin_dir(&self) -> Option<PathBuf> {
+        self.bpffs
+            .clone()
+            .or_else(|| self.instance.as_deref().map(crate::bpf::pins::instance_dir))
+    }
+
     pub fn options(&self) -> Options {
         Options {
             max_sockets: self.max_connections.saturating_mul(2),

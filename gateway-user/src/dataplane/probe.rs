@@ -87,7 +87,14 @@ pub async fn check(dp: &Dataplane) -> Result<(), Outcome> {
         .await
         .map_err(|e| failed(format!("backend write: {e}")))?;
 
-    let relay = probe.relay(gw_client, gw_backend);
+    let addr = |s: &TcpStream| {
+        s.local_addr()
+            .map_err(|e| unavailable("loopback address", e))
+    };
+    let conn = probe
+        .conns
+        .register(addr(&client)?, addr(&gw_client)?, "start-up check".into());
+    let relay = probe.relay(gw_client, gw_backend, &conn.live);
     let (mut client_rx, mut client_tx) = client.split();
     let (mut server_rx, mut server_tx) = server.split();
     let client_send = async {

@@ -8,7 +8,10 @@ use std::{
 use tokio::{io::Interest, net::TcpStream};
 
 use super::{end_of, End};
-use crate::telemetry::{conns::Entry, Stats};
+use crate::telemetry::{
+    conns::{Entry, Meter, Path, FROM_CLIENT, TO_CLIENT},
+    Stats,
+};
 
 /// Bytes asked of one splice from the source; the pipe takes what fits.
 const CHUNK: usize = 1 << 20;
@@ -46,9 +49,11 @@ pub async fn relay(
     b: TcpStream,
     entry: Entry,
 ) -> End {
+    let meter = entry.meter();
+    meter.set_path(Path::Splice);
     let result = tokio::try_join!(
-        one_way(stats, pipe_bytes, &a, &b),
-        one_way(stats, pipe_bytes, &b, &a)
+        one_way(stats, (meter, FROM_CLIENT), pipe_bytes, &a, &b),
+        one_way(stats, (meter, TO_CLIENT), pipe_bytes, &b, &a)
     )
     .map(drop);
     end_of(result, a, b, entry)
@@ -56,6 +61,7 @@ pub async fn relay(
 
 async fn one_way(
     stats: &Stats,
+    (meter, dir): (&Meter, usize),
     pipe_bytes: usize,
     src: &TcpStream,
     dst: &TcpStream,
@@ -91,6 +97,7 @@ async fn one_way(
         if n == 0 {
             pipe.give_back();
             crate::sys::shutdown_write(dst)?;
+            meter.closed(dir);
             return Ok(());
         }
         // A pipe grows once a splice fills it: a connection that never
@@ -117,6 +124,7 @@ async fn one_way(
         }
         held = Some(pipe);
         Stats::add(&stats.bytes_spliced, n as u64);
+        meter.moved(dir, n as u64);
     }
 }
 

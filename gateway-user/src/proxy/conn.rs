@@ -1,6 +1,7 @@
 //! One client connection: pick a cluster by weight, dial its endpoints in
 //! load-balancing order until one answers, then hand both sockets to the
-//! dataplane, enforcing the cluster's idle timeout from outside it.
+//! dataplane, enforcing the cluster's idle timeout from outside it; at the
+//! end, its metrics and its access log line.
 use std::{
     io,
     net::SocketAddr,
@@ -16,9 +17,27 @@ use super::{
     Runtime,
 };
 use crate::{
-    istio::{Address, Endpoint},
-    telemetry::Stats,
+    dataplane::End,
+    istio::{Address, Cluster, Endpoint},
+    telemetry::{
+        access,
+        conns::{rfc3339, Live, Upstream, FROM_CLIENT, TO_CLIENT},
+        metrics::NO_FLAGS,
+        Stats,
+    },
 };
+
+/// Envoy's TCP response flags.
+mod flags {
+    /// No healthy upstream: nothing to dial.
+    pub const UH: &str = "UH";
+    /// Upstream connection failure: every endpoint tried refused.
+    pub const UF: &str = "UF";
+    /// No route: the port's route went away as the connection came.
+    pub const NR: &str = "NR";
+    /// Idle timeout.
+    pub const DT: &str = "DT";
+}
 
 pub async fn serve(
     client: TcpStream,
@@ -27,29 +46,141 @@ pub async fn serve(
     route: Arc<Route>,
     rt: Arc<Runtime>,
 ) {
+    let conn = rt.dp.conns().register(
+        peer,
+        local_addr(&client, port),
+        route.virtual_service.clone(),
+    );
     // The thread-local generator cannot live across an await.
     let cluster = route.pick(&mut rand::rng()).clone();
     // Its own future: what dialling keeps (the order of attempts, the
     // failures) is gone once the connection relays.
-    let Some((i, backend)) = connect(&rt, &cluster, peer, port, &route).await else {
-        // Dropping the client closes it now, rather than leaving it waiting.
-        return;
+    let (i, backend) = match connect(&rt, &cluster, conn.live.id, peer, port, &route).await {
+        Ok(dialled) => dialled,
+        Err(failure) => {
+            // Dropping the client closes it now, rather than leaving it
+            // waiting.
+            drop(client);
+            finished(&rt, &conn.live, Some(&cluster.config), failure, None);
+            return;
+        }
     };
     drop(route);
     Stats::inc(&cluster.counters.connections);
     let _active = cluster.activate(i);
-    relay(&rt, client, backend, cluster.config.idle_timeout).await;
+    let istio = cluster.istio(i, &rt.metrics);
+    istio.opened.inc();
+    conn.live.set_upstream(Upstream {
+        cluster: cluster.config.clone(),
+        endpoint: i,
+        backend: backend
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)),
+        istio,
+    });
+    // Not a function of its own: each async layer keeps room for its
+    // arguments beside the future it awaits (the sockets twice over).
+    let (end, idle) = match cluster.config.idle_timeout {
+        None => (rt.dp.relay(client, backend, &conn.live).await, false),
+        Some(idle) => Box::pin(relay_watched(&rt, client, backend, idle, &conn.live)).await,
+    };
+    let flags = if idle { flags::DT } else { NO_FLAGS };
+    finished(&rt, &conn.live, None, flags, Some(&end));
+}
+
+/// A connection accepted on a port whose route had just gone: counted and
+/// logged as Envoy would (`NR`), then closed.
+pub fn unrouted(rt: &Runtime, client: TcpStream, peer: SocketAddr, port: u16) {
+    let conn = rt
+        .dp
+        .conns()
+        .register(peer, local_addr(&client, port), "-".into());
+    drop(client);
+    finished(rt, &conn.live, None, flags::NR, None);
+}
+
+/// The gateway's address of `client`'s connection.
+fn local_addr(client: &TcpStream, port: u16) -> SocketAddr {
+    client
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port))
+}
+
+/// The connection is over: its last bytes into Istio's counters, its close
+/// counted under the flags it ended with, and its access log line.
+fn finished(rt: &Runtime, live: &Live, cluster: Option<&Cluster>, flags: &str, end: Option<&End>) {
+    match end {
+        Some(End::Reset(e)) => tracing::debug!(conn = live.id, error = %e, "connection reset"),
+        Some(End::Aborted(why)) => tracing::warn!(conn = live.id, "connection aborted: {why}"),
+        _ => {}
+    }
+    // Out of the sockhash by now: every figure is in the meter.
+    let moved = live.meter.read(|_| None);
+    live.account(&moved);
+    match live.upstream() {
+        Some(up) if flags == NO_FLAGS => {
+            up.istio.closed.inc();
+        }
+        Some(up) => {
+            rt.metrics
+                .counters(
+                    Some(&up.cluster),
+                    up.cluster.endpoints.get(up.endpoint),
+                    flags,
+                )
+                .closed
+                .inc();
+        }
+        None => {
+            let c = rt.metrics.counters(cluster, None, flags);
+            c.opened.inc();
+            c.closed.inc();
+        }
+    }
+    let Some(log) = &rt.access else {
+        return;
+    };
+    let up = live.upstream();
+    let details = match (flags, end) {
+        (flags::DT, _) => Some("idle timeout".to_string()),
+        (_, Some(End::Reset(e))) => Some(format!("reset: {e}")),
+        (_, Some(End::Aborted(why))) => Some(format!("aborted: {why}")),
+        (flags::UH, None) => Some("no healthy endpoint".to_string()),
+        (flags::UF, None) => Some("every endpoint refused or timed out".to_string()),
+        (flags::NR, None) => Some("no route for the port".to_string()),
+        _ => None,
+    };
+    log.write(&access::Entry {
+        start_time: &rfc3339(live.started),
+        duration: live.since.elapsed().as_millis() as u64,
+        response_flags: flags,
+        bytes_received: moved.total(FROM_CLIENT),
+        bytes_sent: moved.total(TO_CLIENT),
+        upstream_host: up.map(|u| u.backend.to_string()),
+        upstream_cluster: up
+            .map(|u| u.cluster.name.as_str())
+            .or(cluster.map(|c| c.name.as_str())),
+        downstream_remote_address: live.client.to_string(),
+        downstream_local_address: live.local.to_string(),
+        route_name: &live.route,
+        connection_termination_details: details,
+        dataplane: live.meter.path().dataplane(),
+        kernel_bytes_received: moved.kernel[FROM_CLIENT],
+        kernel_bytes_sent: moved.kernel[TO_CLIENT],
+        connection_id: live.id,
+    });
 }
 
 /// Dials `cluster`'s endpoints in load-balancing order until one answers:
-/// its index and the socket.
+/// its index and the socket; else the response flag saying why not.
 async fn connect(
     rt: &Runtime,
     cluster: &ClusterRt,
+    id: u64,
     peer: SocketAddr,
     port: u16,
     route: &Route,
-) -> Option<(usize, TcpStream)> {
+) -> Result<(usize, TcpStream), &'static str> {
     let attempts: Vec<usize> = cluster.attempts(&mut rand::rng()).collect();
     let config = &cluster.config;
     let health = cluster.health.as_ref();
@@ -62,17 +193,20 @@ async fn connect(
             continue;
         }
         match dial(ep, config.connect_timeout).await {
-            Ok(s) => return Some((i, s)),
+            Ok(s) => return Ok((i, s)),
             Err(e) => {
                 if let Some(h) = health {
                     h.failed(i, &e);
                 }
                 Stats::inc(&rt.counters.endpoint_connect_failed);
                 tracing::debug!(
-                    "connection from {peer} on port {port}: {} endpoint {}:{}: {e}",
-                    config.name,
-                    ep.address,
-                    ep.port
+                    conn = id,
+                    client = %peer,
+                    port,
+                    cluster = %config.name,
+                    endpoint = %format_args!("{}:{}", ep.address, ep.port),
+                    error = %e,
+                    "endpoint refused"
                 );
                 failures.push(format!("{}:{}: {e}", ep.address, ep.port));
             }
@@ -80,19 +214,27 @@ async fn connect(
     }
     Stats::inc(&rt.counters.no_healthy_endpoint);
     Stats::inc(&rt.stats.backend_connect_failed);
+    let flag = if failures.is_empty() {
+        flags::UH
+    } else {
+        flags::UF
+    };
     if health.is_some() {
         // Each endpoint that went down was logged once already.
-        tracing::debug!("connection from {peer} on port {port}: no endpoint answers");
-        return None;
+        tracing::debug!(conn = id, client = %peer, port, "no endpoint answers");
+        return Err(flag);
     }
     tracing::warn!(
-        "connection from {peer} on port {port} closed: no healthy endpoint in {} \
-         (VirtualService {}): {}",
+        conn = id,
+        client = %peer,
+        port,
+        cluster = %config.name,
+        virtual_service = %route.virtual_service,
+        "connection closed: no healthy endpoint in {}: {}",
         config.name,
-        route.virtual_service,
         failures.join("; ")
     );
-    None
+    Err(flag)
 }
 
 async fn dial(ep: &Endpoint, timeout: Duration) -> io::Result<TcpStream> {
@@ -121,24 +263,16 @@ async fn dial(ep: &Endpoint, timeout: Duration) -> io::Result<TcpStream> {
     }
 }
 
-/// Relays the connection. Every connection's task holds this future from
-/// accept to close, so the idle watch (its timer and the select over both)
-/// is boxed: only connections whose cluster has an idle timeout carry it
-/// (the task was 2,576 bytes with it inline, 30 MiB more for 10,000 idle
-/// connections).
-async fn relay(rt: &Runtime, client: TcpStream, backend: TcpStream, idle: Option<Duration>) {
-    match idle {
-        None => {
-            rt.dp.relay(client, backend).await;
-        }
-        Some(idle) => Box::pin(relay_watched(rt, client, backend, idle)).await,
-    }
-}
-
 /// Watches both sockets' byte counters beside the dataplane and resets
 /// both once neither moved for `idle`. The dataplane is never cancelled:
 /// it sees the reset as any other and ends the connection its own way.
-async fn relay_watched(rt: &Runtime, client: TcpStream, backend: TcpStream, idle: Duration) {
+async fn relay_watched(
+    rt: &Runtime,
+    client: TcpStream,
+    backend: TcpStream,
+    idle: Duration,
+    live: &Arc<Live>,
+) -> (End, bool) {
     // Our own descriptors: the dataplane closes its own when it is done,
     // and a raw number could by then name another socket.
     let fds = match (
@@ -147,29 +281,29 @@ async fn relay_watched(rt: &Runtime, client: TcpStream, backend: TcpStream, idle
     ) {
         (Ok(c), Ok(b)) => [c, b],
         (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!("idle timeout not enforced on a connection: {e}");
-            rt.dp.relay(client, backend).await;
-            return;
+            tracing::warn!(conn = live.id, error = %e, "idle timeout not enforced");
+            return (rt.dp.relay(client, backend, live).await, false);
         }
     };
-    let relay = rt.dp.relay(client, backend);
+    let relay = rt.dp.relay(client, backend, live);
     tokio::pin!(relay);
-    tokio::select! {
-        _ = &mut relay => {}
+    let ended = tokio::select! {
+        end = &mut relay => (end, false),
         () = idle_for(&fds, idle) => {
             Stats::inc(&rt.counters.idle_timeouts);
-            tracing::debug!("connection idle for {idle:?}: resetting it");
+            tracing::debug!(conn = live.id, ?idle, "idle: resetting the connection");
             for fd in &fds {
                 if let Err(e) = disconnect(fd) {
-                    tracing::debug!("cannot reset an idle connection's socket: {e}");
+                    tracing::debug!(conn = live.id, error = %e, "cannot reset an idle socket");
                 }
             }
-            relay.await;
+            (relay.await, true)
         }
-    }
+    };
     // Only now may the sockets really close: the dataplane's close was of
     // its own descriptors.
     drop(fds);
+    ended
 }
 
 /// Every byte either socket received or had acknowledged: it moves with
@@ -240,6 +374,8 @@ mod tests {
     struct Flags {
         #[command(flatten)]
         dataplane: crate::dataplane::DataplaneArgs,
+        #[command(flatten)]
+        observe: super::super::ObserveArgs,
     }
 
     /// A connection's task is this future, whatever it waits on: dialling
@@ -255,7 +391,9 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let rt = Runtime::start(&flags.dataplane).await.expect("runtime");
+            let rt = Runtime::start(&flags.dataplane, &flags.observe)
+                .await
+                .expect("runtime");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");

@@ -10,6 +10,7 @@
 pub mod conn;
 pub mod dial;
 pub mod health;
+pub mod http;
 pub mod ports;
 pub mod report;
 pub mod signals;
@@ -18,7 +19,10 @@ pub mod tasks;
 pub mod workers;
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, RwLock,
+    },
     time::Duration,
 };
 
@@ -26,8 +30,27 @@ use anyhow::Context as _;
 
 use crate::{
     dataplane::{Dataplane, DataplaneArgs},
-    telemetry::{Counters, Stats},
+    telemetry::{
+        access::{AccessLog, Target},
+        metrics::{Metrics, Source},
+        Counters, Stats,
+    },
 };
+
+/// How the agent can be watched: the HTTP listener and the access log.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObserveArgs {
+    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/ready` over
+    /// HTTP on ADDR, or `off`. `gateway run` serves them on
+    /// 127.0.0.1:15090 (Istio's Prometheus port) unless told otherwise;
+    /// `gateway forward` only when given an address.
+    #[arg(long, value_name = "ADDR|off")]
+    pub metrics: Option<http::Listen>,
+    /// Write one JSON line per closed connection to PATH (appended), or to
+    /// standard output with `-`.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<Target>,
+}
 
 /// What the accept loops and connection tasks share.
 pub struct Runtime {
@@ -37,11 +60,22 @@ pub struct Runtime {
     pub tasks: tasks::Tasks,
     pub workers: workers::Workers,
     table: RwLock<Arc<table::Table>>,
+    pub metrics: Metrics,
+    pub access: Option<AccessLog>,
+    /// The config is loaded and its ports are bound (`/ready`).
+    ready: AtomicBool,
 }
 
 impl Runtime {
     /// Starts the dataplane and the workers, with an empty routing table.
-    pub async fn start(args: &DataplaneArgs) -> anyhow::Result<Arc<Runtime>> {
+    pub async fn start(
+        args: &DataplaneArgs,
+        observe: &ObserveArgs,
+    ) -> anyhow::Result<Arc<Runtime>> {
+        let access = match &observe.access_log {
+            Some(target) => Some(AccessLog::open(target).context("cannot open the access log")?),
+            None => None,
+        };
         let stats = Arc::new(Stats::default());
         let dp = Dataplane::start(args, stats.clone()).await?;
         if let Ok(limit) = crate::sys::raise_nofile_limit() {
@@ -56,7 +90,29 @@ impl Runtime {
             counters: Counters::default(),
             tasks: tasks::Tasks::default(),
             table: RwLock::new(Arc::default()),
+            metrics: Metrics::new(Source::default()),
+            access,
+            ready: AtomicBool::new(false),
         }))
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    /// The Prometheus exposition now: live connections' bytes brought into
+    /// Istio's counters first.
+    pub fn metrics_text(&self) -> String {
+        let kernel = self.dp.kernel();
+        let paths = self
+            .dp
+            .conns()
+            .account_all(|cookie| kernel.and_then(|k| k.flow(cookie)).map(|f| f.redirected));
+        self.metrics.render(&report::snapshot(self), &paths)
     }
 
     pub fn table(&self) -> Arc<table::Table> {
@@ -77,9 +133,17 @@ impl Runtime {
     }
 
     /// Once the ports are closed: lets open connections finish for up to
-    /// `timeout`, then prints the last report.
+    /// `timeout`, removes the maps' pins, then prints the last report.
     pub async fn finish(&self, timeout: Duration) {
+        self.ready.store(false, Relaxed);
+        self.dp.conns().set_draining();
         self.tasks.drain(timeout).await;
+        if let Some(log) = &self.access {
+            log.flush();
+        }
+        if let Some(k) = self.dp.kernel() {
+            k.unpin();
+        }
         report::report(self);
     }
 }

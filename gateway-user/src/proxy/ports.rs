@@ -63,6 +63,7 @@ async fn accept_loop(listener: TcpListener, port: u16, rt: Arc<Runtime>) {
         let Some(route) = rt.table().route(port) else {
             // Accepted just as the port was being closed.
             Stats::inc(&rt.counters.connections_unrouted);
+            super::conn::unrouted(&rt, client, peer, port);
             continue;
         };
         let task_rt = rt.clone();

@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc,
+        Arc, OnceLock,
     },
 };
 
@@ -16,7 +16,11 @@ use rand::Rng;
 use super::health::Health;
 use crate::{
     istio::{self, Address, Cluster, LbPolicy},
-    telemetry::{counters::ClusterCounters, Counters},
+    telemetry::{
+        counters::ClusterCounters,
+        metrics::{self, Metrics},
+        Counters,
+    },
 };
 
 #[derive(Debug, Default)]
@@ -31,9 +35,42 @@ pub struct Table {
 #[derive(Debug)]
 pub struct Route {
     /// `namespace/name` of the VirtualService, for logs.
-    pub virtual_service: String,
-    /// (cumulative weight, cluster); the last cumulative weight is the total.
-    destinations: Vec<(u64, Arc<ClusterRt>)>,
+    pub virtual_service: Arc<str>,
+    destinations: Vec<Destination>,
+}
+
+/// One weighted cluster of a route.
+#[derive(Debug)]
+struct Destination {
+    /// The weights up to and including this one; the last is the total.
+    cumulative: u64,
+    weight: u32,
+    cluster: Arc<ClusterRt>,
+    /// Connections this route sent here. Carried to the next table while
+    /// the route's weights stay the same, so that `inspect routes` compares
+    /// a split with the weights it was made under.
+    picks: Arc<AtomicU64>,
+}
+
+/// A route's split as `gateway inspect routes` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RouteView {
+    pub port: u16,
+    pub route: String,
+    pub destinations: Vec<DestinationView>,
+    /// Connections the route took since its weights were set.
+    pub connections: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DestinationView {
+    pub cluster: String,
+    pub weight: u32,
+    /// weight / the route's total weight.
+    pub weight_share: f64,
+    pub connections: u64,
+    /// connections / the route's connections (0 before the first).
+    pub share: f64,
 }
 
 /// A cluster as the data path uses it: its configuration plus what load
@@ -56,6 +93,8 @@ pub struct ClusterRt {
     /// for Istio's clusters, which try every endpoint as Envoy does
     /// without outlier detection.
     pub health: Option<Arc<Health>>,
+    /// Istio's counters per endpoint, resolved at its first connection.
+    istio: Vec<OnceLock<metrics::Counters>>,
 }
 
 /// Holds one active connection on an endpoint.
@@ -81,7 +120,17 @@ impl Table {
         for l in &snapshot.listeners {
             let mut destinations = Vec::with_capacity(l.route.destinations.len());
             let mut total = 0u64;
-            for d in &l.route.destinations {
+            let same_split = old.routes.get(&l.port).filter(|r| {
+                *r.virtual_service == *l.route.virtual_service
+                    && r.destinations.len() == l.route.destinations.len()
+                    && r.destinations
+                        .iter()
+                        .zip(&l.route.destinations)
+                        .all(|(a, b)| {
+                            a.weight == b.weight && a.cluster.config.name == b.cluster.name
+                        })
+            });
+            for (k, d) in l.route.destinations.iter().enumerate() {
                 let name = &d.cluster.name;
                 let rt = match clusters.get(name) {
                     Some(c) => c.clone(),
@@ -92,7 +141,14 @@ impl Table {
                     }
                 };
                 total += u64::from(d.weight);
-                destinations.push((total, rt));
+                destinations.push(Destination {
+                    cumulative: total,
+                    weight: d.weight,
+                    cluster: rt,
+                    picks: same_split
+                        .map(|r| r.destinations[k].picks.clone())
+                        .unwrap_or_default(),
+                });
             }
             if total == 0 {
                 // The config layer never yields this; a route that could
@@ -102,7 +158,7 @@ impl Table {
             routes.insert(
                 l.port,
                 Arc::new(Route {
-                    virtual_service: l.route.virtual_service.clone(),
+                    virtual_service: l.route.virtual_service.as_str().into(),
                     destinations,
                 }),
             );
@@ -127,8 +183,13 @@ impl Table {
             rt.health = health;
         }
         let route = Route {
-            virtual_service: name.to_string(),
-            destinations: vec![(1, rt.clone())],
+            virtual_service: name.into(),
+            destinations: vec![Destination {
+                cumulative: 1,
+                weight: 1,
+                cluster: rt.clone(),
+                picks: Arc::default(),
+            }],
         };
         Table {
             generation: 1,
@@ -144,15 +205,51 @@ impl Table {
     pub fn ports(&self) -> Vec<u16> {
         self.routes.keys().copied().collect()
     }
+
+    /// Each port's route with its weights and the split it really made.
+    pub fn views(&self) -> Vec<RouteView> {
+        self.routes
+            .iter()
+            .map(|(port, r)| {
+                let total_weight = r.destinations.last().map_or(0, |d| d.cumulative);
+                let picks: Vec<u64> = r
+                    .destinations
+                    .iter()
+                    .map(|d| d.picks.load(Relaxed))
+                    .collect();
+                let connections: u64 = picks.iter().sum();
+                let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+                RouteView {
+                    port: *port,
+                    route: r.virtual_service.to_string(),
+                    connections,
+                    destinations: r
+                        .destinations
+                        .iter()
+                        .zip(picks)
+                        .map(|(d, n)| DestinationView {
+                            cluster: d.cluster.config.name.clone(),
+                            weight: d.weight,
+                            weight_share: ratio(u64::from(d.weight), total_weight),
+                            connections: n,
+                            share: ratio(n, connections),
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
 }
 
 impl Route {
     /// A cluster, with probability weight / total weight.
     pub fn pick(&self, rng: &mut impl Rng) -> &Arc<ClusterRt> {
-        let total = self.destinations.last().map_or(0, |d| d.0);
+        let total = self.destinations.last().map_or(0, |d| d.cumulative);
         let draw = rng.random_range(0..total.max(1));
-        let i = self.destinations.partition_point(|(cum, _)| *cum <= draw);
-        &self.destinations[i.min(self.destinations.len() - 1)].1
+        let i = self.destinations.partition_point(|d| d.cumulative <= draw);
+        let d = &self.destinations[i.min(self.destinations.len() - 1)];
+        d.picks.fetch_add(1, Relaxed);
+        &d.cluster
     }
 }
 
@@ -201,6 +298,7 @@ impl ClusterRt {
             next: AtomicUsize::new(0),
             counters: counters.cluster(&config.name),
             health: None,
+            istio: config.endpoints.iter().map(|_| OnceLock::new()).collect(),
         })
     }
 
@@ -255,6 +353,21 @@ impl ClusterRt {
             rng.random_range(0..self.weights.len().max(1))
         } else {
             self.by_weight(rng.random_range(0..self.total()))
+        }
+    }
+
+    /// Istio's counters of endpoint `i`.
+    pub fn istio(&self, i: usize, m: &Metrics) -> metrics::Counters {
+        let make = || {
+            m.counters(
+                Some(&self.config),
+                self.config.endpoints.get(i),
+                metrics::NO_FLAGS,
+            )
+        };
+        match self.istio.get(i) {
+            Some(cell) => cell.get_or_init(make).clone(),
+            None => make(),
         }
     }
 
@@ -340,6 +453,28 @@ mod tests {
         // 4 sigma of a binomial(n, 0.2) is about 506.
         assert!((19_494..=20_506).contains(&v2_count), "{v2_count}");
         assert!(t.route(31401).is_none());
+        let view = &t.views()[0];
+        assert_eq!(view.connections, n as u64);
+        assert_eq!(view.destinations[1].connections, v2_count as u64);
+        assert_eq!(view.destinations[0].weight_share, 0.8);
+    }
+
+    #[test]
+    fn a_split_is_counted_across_tables_until_its_weights_change() {
+        let counters = Counters::default();
+        let v1 = cluster("v1", LbPolicy::RoundRobin, &[1]);
+        let v2 = cluster("v2", LbPolicy::RoundRobin, &[1]);
+        let eighty = snapshot(&[(80, v1.clone()), (20, v2.clone())]);
+        let t1 = Table::build(1, &eighty, &Table::default(), &counters);
+        let mut rng = SmallRng::seed_from_u64(7);
+        let route = t1.route(31400).unwrap_or_else(|| panic!("route"));
+        for _ in 0..10 {
+            route.pick(&mut rng);
+        }
+        let t2 = Table::build(2, &eighty, &t1, &counters);
+        assert_eq!(t2.views()[0].connections, 10);
+        let t3 = Table::build(3, &snapshot(&[(100, v2)]), &t2, &counters);
+        assert_eq!(t3.views()[0].connections, 0);
     }
 
     #[test]

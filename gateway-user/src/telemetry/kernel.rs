@@ -2,15 +2,20 @@
 use serde::Serialize;
 
 macro_rules! totals {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// Kernel-wide totals since the programs were loaded (or since a
         /// base: see [`KernelTotals::since`]).
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
         pub struct KernelTotals {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl KernelTotals {
+            /// Each total: its name, what it counts, its value.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
+            }
+
             /// What was counted after `base`.
             pub fn since(&self, base: &KernelTotals) -> KernelTotals {
                 KernelTotals {

@@ -3,11 +3,17 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         #[derive(Debug, Default)]
         pub struct Stats {
-            $($(#[$doc])* pub $name: AtomicU64,)*
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
         }
+
+        /// Each counter's name and what it counts (its doc comment), for
+        /// the metrics' help text.
+        pub const HELP: &[(&str, &str)] = &[
+            $((stringify!($name), concat!($($doc),*)),)*
+        ];
 
         impl Stats {
             /// Every counter, by its name.

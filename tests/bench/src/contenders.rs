@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    place::{free_port, wait_listening, Place},
+    place::{enter, free_port, wait_listening, Place},
     procs::Proc,
 };
 
@@ -26,10 +26,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum Contender {
     /// The client connects to the backend itself.
     Direct,
-    /// `gateway forward` on a dataplane, with `--sndbuf` if given.
+    /// `gateway forward` on a dataplane, with `--sndbuf` if given; with
+    /// `observe`, serving Prometheus metrics and writing an access log.
     Gateway {
         dataplane: &'static str,
         sndbuf: Option<u32>,
+        observe: bool,
     },
     Haproxy,
     Nginx,
@@ -37,24 +39,37 @@ pub enum Contender {
 
 /// Every contender, in the order they run and are shown: `auto` (the
 /// default: copy first, the kernel once a connection proves long-lived or
-/// bulk) and each dataplane forced for every connection.
-pub const ALL: [Contender; 7] = [
+/// bulk), the same observed, and each dataplane forced for every
+/// connection.
+pub const ALL: [Contender; 8] = [
     Contender::Direct,
     Contender::Gateway {
         dataplane: "auto",
         sndbuf: None,
+        observe: false,
+    },
+    // What watching it costs: the same, with `/metrics` served (and
+    // scraped during each measurement, see `load`) and an access log line
+    // written per connection.
+    Contender::Gateway {
+        dataplane: "auto",
+        sndbuf: None,
+        observe: true,
     },
     Contender::Gateway {
         dataplane: "ebpf",
         sndbuf: None,
+        observe: false,
     },
     Contender::Gateway {
         dataplane: "splice",
         sndbuf: None,
+        observe: false,
     },
     Contender::Gateway {
         dataplane: "userspace",
         sndbuf: None,
+        observe: false,
     },
     Contender::Haproxy,
     Contender::Nginx,
@@ -66,6 +81,7 @@ pub const ALL: [Contender; 7] = [
 pub const EXTRA: [Contender; 1] = [Contender::Gateway {
     dataplane: "ebpf",
     sndbuf: Some(BIG_SNDBUF),
+    observe: false,
 }];
 
 impl Contender {
@@ -75,7 +91,9 @@ impl Contender {
             Contender::Gateway {
                 dataplane: "ebpf",
                 sndbuf: Some(_),
+                ..
             } => "ebpf+sndbuf16M",
+            Contender::Gateway { observe: true, .. } => "auto+observe",
             Contender::Gateway { dataplane, .. } => dataplane,
             Contender::Haproxy => "haproxy",
             Contender::Nginx => "nginx",
@@ -102,9 +120,18 @@ impl Contender {
     pub fn describe(self) -> String {
         match self {
             Contender::Direct => "the client connects to the backend: no proxy".to_owned(),
-            Contender::Gateway { dataplane, sndbuf } => format!(
-                "gateway forward --dataplane {dataplane} --workers 1{}{}",
+            Contender::Gateway {
+                dataplane,
+                sndbuf,
+                observe,
+            } => format!(
+                "gateway forward --dataplane {dataplane} --workers 1{}{}{}",
                 sndbuf.map_or_else(String::new, |b| format!(" --sndbuf {b}")),
+                if observe {
+                    " --metrics ADDR --access-log FILE (scraped every second)"
+                } else {
+                    ""
+                },
                 if self.kernel_path() {
                     " --bpf-stats"
                 } else {
@@ -131,6 +158,7 @@ impl Contender {
         if self == Contender::Direct {
             return Ok(Endpoint {
                 addr: target,
+                _scraper: None,
                 proc: None,
             });
         }
@@ -139,9 +167,14 @@ impl Contender {
         let dir = &tools.tmp;
         let tag = format!("{}-{}", self.name(), listen.port());
         let log = dir.join(format!("{tag}.log"));
+        let mut scrape = None;
         let mut cmd = match self {
             Contender::Direct => bail!("direct has no process to start"),
-            Contender::Gateway { dataplane, sndbuf } => {
+            Contender::Gateway {
+                dataplane,
+                sndbuf,
+                observe,
+            } => {
                 let mut cmd = Command::new(&tools.gateway);
                 cmd.arg("forward")
                     .arg("--listen")
@@ -158,6 +191,15 @@ impl Contender {
                     .env("NO_COLOR", "1");
                 if let Some(bytes) = sndbuf {
                     cmd.arg("--sndbuf").arg(bytes.to_string());
+                }
+                if observe {
+                    let metrics =
+                        SocketAddr::new(place.proxy_ip(), free_port(ns, place.proxy_ip())?);
+                    cmd.arg("--metrics")
+                        .arg(metrics.to_string())
+                        .arg("--access-log")
+                        .arg(dir.join(format!("{tag}-access.log")));
+                    scrape = Some(metrics);
                 }
                 cmd
             }
@@ -195,10 +237,71 @@ impl Contender {
         let mut proc = Proc::spawn(self.name(), ns, &mut cmd, &log)?;
         wait_listening(ns, listen.port(), START_TIMEOUT, || proc.check_alive())
             .with_context(|| format!("{} did not start: {}", self.name(), proc.log_tail()))?;
+        let scraper = match scrape {
+            Some(addr) => Some(Scraper::start(place.proxy().name.clone(), addr)?),
+            None => None,
+        };
         Ok(Endpoint {
             addr: listen,
+            _scraper: scraper,
             proc: Some(proc),
         })
+    }
+}
+
+/// Fetches `/metrics` once a second (Prometheus scrapes every 15 s by
+/// default: this is the harsher case) from inside the proxy's namespace,
+/// until dropped.
+pub struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scraper {
+    fn start(ns: String, addr: SocketAddr) -> anyhow::Result<Scraper> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("scraper".into())
+            .spawn(move || {
+                if enter(&ns).is_err() {
+                    return;
+                }
+                while !flag.load(Relaxed) {
+                    let _ = scrape(addr);
+                    // Short sleeps, so that a drop does not wait a second.
+                    for _ in 0..10 {
+                        if flag.load(Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            })
+            .context("cannot start the scraper")?;
+        Ok(Scraper {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn scrape(addr: SocketAddr) -> std::io::Result<usize> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body)
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -209,6 +312,8 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Where the client connects; the proxy (if any) stops when this drops.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// Stopped before the proxy (fields drop in order).
+    pub _scraper: Option<Scraper>,
     pub proc: Option<Proc>,
 }
 

@@ -172,6 +172,19 @@ fn ns_file(ns: &Netns) -> anyhow::Result<File> {
     File::open(&path).with_context(|| format!("cannot open {path}"))
 }
 
+/// Moves the calling thread into the namespace named `name` for good (for
+/// a thread of its own).
+pub fn enter(name: &str) -> anyhow::Result<()> {
+    let path = format!("/run/netns/{name}");
+    let file = File::open(&path).with_context(|| format!("cannot open {path}"))?;
+    // SAFETY: setns on a descriptor we hold, for this thread only.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot enter {name}"));
+    }
+    Ok(())
+}
+
 /// Runs `f` on a thread inside `ns` and returns what it returns. Threads `f`
 /// spawns are in `ns` too, and sockets it creates stay there.
 pub fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
