@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod kernel;
+mod manifests;
 mod setup;
 mod util;
 
@@ -75,11 +76,18 @@ enum Command {
     /// Benchmarks: the gateway on each dataplane against direct, HAProxy
     /// and nginx; results in target/bench/.
     Bench(bench::Args),
+    /// The Kubernetes manifests (CRDs, namespace, RBAC, DaemonSet) as one
+    /// stream on stdout, the DaemonSet running --image.
+    Manifests(manifests::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = (|| -> anyhow::Result<()> {
+        if let Command::Manifests(args) = &cli.command {
+            // Text only: nothing to set up.
+            return manifests::render(args);
+        }
         setup::run()?;
         match cli.command {
             Command::Setup => Ok(()),
@@ -122,6 +130,7 @@ fn main() -> ExitCode {
                 if !no_lint {
                     util::lint()?;
                 }
+                manifests::validate()?;
                 let host = util::test(&args);
                 // The matrix runs even when a host test failed: its table
                 // says on which kernels the failure shows.
@@ -134,6 +143,7 @@ fn main() -> ExitCode {
             }
             Command::Soak { minutes, seed } => util::soak(minutes, seed),
             Command::Bench(args) => bench::run(&args),
+            Command::Manifests(args) => manifests::render(&args),
             Command::Demo => {
                 util::build(false)?;
                 demo::run()
