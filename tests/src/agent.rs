@@ -109,7 +109,9 @@ pub struct Echo {
 
 impl Echo {
     pub fn start(ip: IpAddr, prefix: &str) -> Echo {
-        // A free port can be taken between the probe and the start: retry.
+        // A free port can be taken between the probe and the start (by
+        // another test's echo, whose answers a connect check would take
+        // for this one's): wait for this process to say it listens.
         for _ in 0..5 {
             let addr = SocketAddr::new(ip, free_port_on(ip));
             let mut child = Command::new(bin("tcp-echo"))
@@ -120,21 +122,25 @@ impl Echo {
                     &ip.to_string(),
                 ])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("start tcp-echo");
+            let (tx, rx) = std::sync::mpsc::channel();
+            let pipe = child.stderr.take().expect("stderr");
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
             let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(addr).is_ok() {
+            while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                if line.starts_with("listening on") {
                     return Echo { child, addr };
                 }
-                if child.try_wait().ok().flatten().is_some() || Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                thread::sleep(Duration::from_millis(20));
             }
+            let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("tcp-echo did not start on {ip}");
     }
