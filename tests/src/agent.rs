@@ -31,7 +31,7 @@ pub const PORT: u16 = 31400;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-fn workspace() -> PathBuf {
+pub fn workspace() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
@@ -436,6 +436,12 @@ impl Agent {
     /// The agent's counters now (it prints them on SIGUSR1).
     pub fn sample(&self) -> serde_json::Value {
         self.process.sample()
+    }
+
+    /// Sends SIGTERM and returns at once: the agent drains, then exits.
+    pub fn terminate(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
     }
 
     /// Stops the agent with SIGTERM; returns its last counters.

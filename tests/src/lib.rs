@@ -12,6 +12,7 @@ use std::{
 };
 
 pub mod agent;
+pub mod kube;
 pub mod netns;
 pub mod prometheus;
 pub mod scenarios;

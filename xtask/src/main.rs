@@ -131,6 +131,7 @@ fn main() -> ExitCode {
                     util::lint()?;
                 }
                 manifests::validate()?;
+                util::venv("kmock-venv", util::KMOCK)?;
                 let host = util::test(&args);
                 // The matrix runs even when a host test failed: its table
                 // says on which kernels the failure shows.

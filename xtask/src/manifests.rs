@@ -28,6 +28,10 @@ pub struct Args {
     /// The gateway image the DaemonSet runs.
     #[arg(long, value_name = "REF")]
     image: String,
+    /// Include the Istio CRDs, for a cluster without Istio (where Istio is
+    /// installed, its own CRDs must stay).
+    #[arg(long)]
+    crds: bool,
 }
 
 /// Prints the deploy manifests as one stream, the DaemonSet running `image`.
@@ -37,6 +41,9 @@ pub fn render(args: &Args) -> anyhow::Result<()> {
     }
     let mut out = Vec::new();
     for file in DEPLOY {
+        if file.starts_with("manifests/crds/") && !args.crds {
+            continue;
+        }
         let path = util::root().join(file);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -49,21 +56,8 @@ pub fn render(args: &Args) -> anyhow::Result<()> {
 /// Validates every manifest strictly against Kubernetes' schemas, with the
 /// validator installed (pinned) in a virtualenv under target/.
 pub fn validate() -> anyhow::Result<()> {
-    let venv = util::target_dir().join("manifests-venv");
+    let venv = util::venv("manifests-venv", VALIDATOR)?;
     let bin = venv.join("bin").join("kubernetes-validate");
-    if !bin.exists() {
-        util::run(
-            Command::new("/usr/bin/python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv),
-        )
-        .context("cannot make a virtualenv (Debian: python3-venv)")?;
-        util::run(
-            Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", VALIDATOR]),
-        )
-        .context("cannot install the manifest validator")?;
-    }
     let files: Vec<PathBuf> = DEPLOY
         .iter()
         .chain(&EXAMPLES)

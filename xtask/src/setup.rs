@@ -155,6 +155,8 @@ fn debian_tools() -> anyhow::Result<()> {
         ),
         // The manifests' validator is installed in a virtualenv.
         ("/usr/bin/python3 -c 'import ensurepip'", "python3-venv"),
+        // The Kubernetes tests drive their API server with kubectl.
+        ("command -v kubectl", "kubernetes-client"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

@@ -208,3 +208,26 @@ pub fn soak(minutes: f64, seed: Option<u64>) -> anyhow::Result<()> {
     }
     run(&mut cmd)
 }
+
+/// A virtualenv under target/ with `package` (pinned) installed, made once;
+/// returns its directory.
+pub fn venv(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let venv = target_dir().join(name);
+    let stamp = venv.join(".installed");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(package) {
+        return Ok(venv);
+    }
+    run(Command::new("/usr/bin/python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv))
+    .context("cannot make a virtualenv (Debian: python3-venv)")?;
+    run(Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", package]))
+        .with_context(|| format!("cannot install {package} in {}", venv.display()))?;
+    std::fs::write(&stamp, package).with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(venv)
+}
+
+/// kmock, the Kubernetes API emulator the `--source kubernetes` tests run
+/// (tests/kube/apiserver.py), in target/kmock-venv.
+pub const KMOCK: &str = "kmock==0.8";

@@ -72,12 +72,19 @@ pub fn main() -> ExitCode {
         other => other,
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // aya warns when it cannot raise RLIMIT_MEMLOCK (kernels
-                // before 5.11); the load error that follows says it in one line.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aya::sys::bpf=error")),
-        )
+        .with_env_filter(match std::env::var("RUST_LOG") {
+            // kube's client logs every failed request as an error; the
+            // watch that made it says so once, with what it does next.
+            Ok(env) if !env.contains("kube") => tracing_subscriber::EnvFilter::new(format!(
+                "{env},kube_client::client::builder=off"
+            )),
+            Ok(env) => tracing_subscriber::EnvFilter::new(env),
+            // aya warns when it cannot raise RLIMIT_MEMLOCK (kernels
+            // before 5.11); the load error that follows says it in one line.
+            Err(_) => tracing_subscriber::EnvFilter::new(
+                "info,aya::sys::bpf=error,kube_client::client::builder=off",
+            ),
+        })
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

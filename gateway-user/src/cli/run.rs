@@ -2,7 +2,9 @@
 //! resources say (a listener per Gateway port, a weighted route per
 //! listener), takes live changes over a root-only Unix socket (`gateway
 //! apply` / `gateway delete`), watches its `--config` files, and keeps what
-//! was applied across restarts under `--state-dir`.
+//! was applied across restarts under `--state-dir`. With `--source
+//! kubernetes` it also serves what the cluster says (Istio resources,
+//! Services, EndpointSlices), ready once that has been listed.
 //!
 //! Every change goes through [`Controller`], one at a time: the new
 //! store is resolved, new ports are bound and the state is saved before
@@ -12,7 +14,7 @@
 use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
-    control::{admin, files, state::StateDir, BadConfig, Controller},
+    control::{admin, files, kube, state::StateDir, BadConfig, Controller},
     istio,
     proxy::{http, signals::Signals, ObserveArgs, Runtime},
 };
@@ -24,6 +26,15 @@ pub struct RunArgs {
     /// picked up while the agent runs.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub config: Vec<PathBuf>,
+    /// Where resources come from besides --config and `gateway apply`:
+    /// `kubernetes` watches the cluster's (in-cluster credentials, or
+    /// --kubeconfig).
+    #[arg(long, value_enum, default_value = "files")]
+    pub source: ConfigSource,
+    /// The kubeconfig for --source kubernetes (default: the pod's service
+    /// account, else $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
     /// Namespace of the --config documents that name none.
     #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = istio::DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -59,6 +70,14 @@ pub struct RunArgs {
     pub drain_timeout: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigSource {
+    /// --config files and `gateway apply` only.
+    Files,
+    /// Also the Kubernetes API: Istio's kinds, Services, EndpointSlices.
+    Kubernetes,
+}
+
 /// The instance a `gateway run` is unless told otherwise.
 pub const DEFAULT_INSTANCE: &str = "default";
 
@@ -80,7 +99,15 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     args.dataplane
         .instance
         .get_or_insert_with(|| DEFAULT_INSTANCE.to_string());
-    let agent = agent_identity(&args.labels);
+    let mut agent = agent_identity(&args.labels);
+    let cluster = args.source == ConfigSource::Kubernetes;
+    agent.live_endpoints = cluster;
+    // Before anything binds: a bad kubeconfig is a start-up error.
+    let client = if cluster {
+        Some(kube::client(args.kubeconfig.as_deref()).await?)
+    } else {
+        None
+    };
     let state = StateDir::open(&args.state_dir)?;
     let overlay = state.load().map_err(BadConfig)?;
     let seen = files::fingerprint(&args.config);
@@ -108,10 +135,26 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         .await
         .map_err(BadConfig)?;
     let controller = Arc::new(tokio::sync::Mutex::new(controller));
-    rt.set_ready();
     // Handlers in place before anyone can be told the agent is ready: a
     // signal that comes first would otherwise kill it.
     let mut signals = Signals::install()?;
+    let kube_task = client.map(|client| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (kube::spawn(client, controller.clone(), tx), rx)
+    });
+    let mut stopped = false;
+    let kube_task = match kube_task {
+        Some((task, synced)) => {
+            tracing::info!("waiting for the Kubernetes API's resources before serving them");
+            tokio::select! {
+                _ = synced => {}
+                () = rt.serve_signals(&mut signals) => stopped = true,
+            }
+            Some(task)
+        }
+        None => None,
+    };
+    rt.set_ready();
     {
         let c = controller.lock().await;
         tracing::info!(
@@ -147,8 +190,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
         ))
     });
 
-    rt.serve_signals(&mut signals).await;
+    if !stopped {
+        rt.serve_signals(&mut signals).await;
+    }
     tracing::info!("stopping: closing ports, letting open connections finish");
+    if let Some(k) = kube_task {
+        k.abort();
+        let _ = k.await;
+    }
     // Awaited so the admin socket is gone before the last report.
     admin_task.abort();
     let _ = admin_task.await;

@@ -9,7 +9,7 @@
 //! the overlay saved before anything switches; any failure leaves the agent
 //! as it was.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -24,6 +24,46 @@ use crate::{
     },
     proxy::{ports::Ports, table::Table, Runtime},
 };
+
+/// Where resources under the overlay come from. Where two sources define
+/// the same resource, the first in this order wins: a node's own files
+/// over the cluster's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// `--config`.
+    Files,
+    /// `--source kubernetes`: the watched Istio resources and Services.
+    Kubernetes,
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Files => "--config",
+            Source::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// What each source says, merged by [`Source`] order.
+fn merged(sources: &BTreeMap<Source, Vec<Resource>>) -> Vec<Resource> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (source, resources) in sources {
+        for r in resources {
+            if seen.insert(r.id.clone()) {
+                out.push(r.clone());
+            } else {
+                tracing::debug!(
+                    "{} from {} is also defined by an earlier source; not used",
+                    r.id,
+                    source.name()
+                );
+            }
+        }
+    }
+    out
+}
 
 /// What a change did, for the admin client and the log.
 #[derive(Debug)]
@@ -47,7 +87,7 @@ pub struct Plan {
 pub struct Controller {
     store: Store,
     snapshot: Snapshot,
-    files: Vec<Resource>,
+    sources: BTreeMap<Source, Vec<Resource>>,
     overlay: Overlay,
     state: StateDir,
     listen: IpAddr,
@@ -97,7 +137,7 @@ impl Controller {
         let mut c = Controller {
             store: Store::new(plan.applied.store.agent().clone()),
             snapshot: Snapshot::default(),
-            files: Vec::new(),
+            sources: BTreeMap::new(),
             overlay: plan.saved,
             state,
             listen,
@@ -108,7 +148,7 @@ impl Controller {
         c.commit(
             plan.applied,
             Some(plan.overlay),
-            Some(plan.files),
+            Some(BTreeMap::from([(Source::Files, plan.files)])),
             false,
             "start",
         )
@@ -128,8 +168,9 @@ impl Controller {
     pub async fn apply(&mut self, batch: Batch, dry_run: bool) -> Result<Outcome, Error> {
         let applied = self.store.apply(&batch.resources)?;
         let mut overlay = self.overlay.clone();
+        let base = merged(&self.sources);
         for r in &batch.resources {
-            if self.files.iter().any(|f| same(f, r)) {
+            if base.iter().any(|f| same(f, r)) {
                 // The file's own version: the file owns it again.
                 overlay.remove(&r.id);
                 overlay.deleted.remove(&r.id);
@@ -148,9 +189,10 @@ impl Controller {
     pub async fn delete(&mut self, batch: Batch, dry_run: bool) -> Result<Outcome, Error> {
         let applied = self.store.delete(&batch.resources)?;
         let mut overlay = self.overlay.clone();
+        let base = merged(&self.sources);
         for c in &applied.changes {
             overlay.remove(&c.id);
-            if c.action == Action::Deleted && self.files.iter().any(|f| f.id == c.id) {
+            if c.action == Action::Deleted && base.iter().any(|f| f.id == c.id) {
                 overlay.deleted.insert(c.id.clone());
             }
         }
@@ -161,9 +203,17 @@ impl Controller {
         Ok(out)
     }
 
-    /// The --config files changed: serve what they say now, except where
-    /// the overlay decides.
-    pub async fn reload(&mut self, files: Vec<Resource>) -> Result<Outcome, Error> {
+    /// A source says something new: serve what every source says now,
+    /// except where the overlay decides.
+    pub async fn reload_source(
+        &mut self,
+        source: Source,
+        resources: Vec<Resource>,
+    ) -> Result<Outcome, Error> {
+        let old = merged(&self.sources);
+        let mut sources = self.sources.clone();
+        sources.insert(source, resources);
+        let files = merged(&sources);
         let overlay = settle(self.overlay.clone(), &files);
         let upserts: Vec<Resource> = files
             .iter()
@@ -171,16 +221,15 @@ impl Controller {
             .cloned()
             .collect();
         let kept: BTreeSet<_> = files.iter().map(|r| &r.id).collect();
-        let removals: Vec<_> = self
-            .files
+        let removals: Vec<_> = old
             .iter()
             .map(|r| r.id.clone())
             .filter(|id| !kept.contains(id) && !overlay.shadows(id))
             .collect();
-        // Say once, when the file's version changes, that it is not served.
+        // Say once, when the source's version changes, that it is not served.
         let mut notes = Vec::new();
         for f in &files {
-            let edited = !self.files.iter().any(|old| same(old, f));
+            let edited = !old.iter().any(|o| same(o, f));
             if !edited || !overlay.shadows(&f.id) {
                 continue;
             }
@@ -199,7 +248,7 @@ impl Controller {
         }
         let applied = self.store.update(&upserts, &removals)?;
         let mut out = self
-            .commit(applied, Some(overlay), Some(files), false, "--config")
+            .commit(applied, Some(overlay), Some(sources), false, source.name())
             .await?;
         for n in &notes {
             tracing::warn!("{n}");
@@ -220,7 +269,7 @@ impl Controller {
         &mut self,
         applied: Applied,
         overlay: Option<Overlay>,
-        files: Option<Vec<Resource>>,
+        sources: Option<BTreeMap<Source, Vec<Resource>>>,
         dry_run: bool,
         source: &str,
     ) -> Result<Outcome, Error> {
@@ -324,8 +373,8 @@ impl Controller {
         if let Some(o) = overlay {
             self.overlay = o;
         }
-        if let Some(f) = files {
-            self.files = f;
+        if let Some(s) = sources {
+            self.sources = s;
         }
         Ok(outcome)
     }

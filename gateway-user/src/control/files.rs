@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::Mutex;
 
-use super::controller::Controller;
+use super::controller::{Controller, Source};
 use crate::istio::{self, Batch, ConfigError, Diagnostic};
 
 /// Reads files and directories as `kubectl apply -f` does: a directory
@@ -133,7 +133,13 @@ pub async fn run(
         }
         seen = now;
         let result = match load_paths(&paths, istio::Namespace::Default(&namespace)) {
-            Ok(batch) => controller.lock().await.reload(batch.resources).await,
+            Ok(batch) => {
+                controller
+                    .lock()
+                    .await
+                    .reload_source(Source::Files, batch.resources)
+                    .await
+            }
             Err(e) => Err(e.into()),
         };
         match result.map_err(|e| e.to_string()) {

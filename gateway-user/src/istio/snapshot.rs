@@ -112,6 +112,10 @@ pub struct Agent {
     /// Ports a Gateway may not claim, with what holds them (e.g. a metrics
     /// endpoint), so the error can say why.
     pub reserved_ports: BTreeMap<u16, String>,
+    /// Endpoints come and go with pods (`--source kubernetes`): a
+    /// destination with none is served, its connections refused (`UH`), and
+    /// warned about, where a hand-written config is refused instead.
+    pub live_endpoints: bool,
 }
 
 impl Default for Agent {
@@ -121,6 +125,7 @@ impl Default for Agent {
             labels: BTreeMap::from([("istio".to_string(), "ingressgateway".to_string())]),
             namespace: "istio-system".to_string(),
             reserved_ports: BTreeMap::new(),
+            live_endpoints: false,
         }
     }
 }

@@ -137,7 +137,18 @@ impl Runtime {
     pub async fn finish(&self, timeout: Duration) {
         self.ready.store(false, Relaxed);
         self.dp.conns().set_draining();
+        let open = self.tasks.live();
+        let started = std::time::Instant::now();
         self.tasks.drain(timeout).await;
+        let left = self.tasks.live();
+        if open > 0 {
+            tracing::info!(
+                "drained: {open} connections open at stop, {} finished in {:.1?}, {left} closed \
+                 at the drain timeout ({timeout:?})",
+                open.saturating_sub(left),
+                started.elapsed()
+            );
+        }
         if let Some(log) = &self.access {
             log.flush();
         }

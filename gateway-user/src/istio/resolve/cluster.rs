@@ -207,9 +207,12 @@ impl<'a> World<'a> {
         if written.contains('.') && known(&expanded) {
             // Istio takes `name.namespace` literally; Kubernetes DNS would not.
             msg.push_str(&format!("; did you mean {expanded}?"));
+        } else if self.agent.live_endpoints {
+            msg.push_str(" nor by a Kubernetes Service in this namespace");
         } else {
             msg.push_str(
-                " (Kubernetes Services are not read: declare the service and its endpoints with a ServiceEntry)",
+                " (Kubernetes Services are read only with --source kubernetes: declare the service \
+                 and its endpoints with a ServiceEntry)",
             );
         }
         msg

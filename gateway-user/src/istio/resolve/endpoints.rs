@@ -160,14 +160,19 @@ impl<'a> World<'a> {
         let subset_note = subset
             .map(|s| format!(" subset {}", s.name))
             .unwrap_or_default();
-        report.error(
-            o,
-            format!("{path}.destination"),
-            format!(
-                "no endpoints for host {host} port {}{subset_note}: {why}",
-                port.number
-            ),
+        let message = format!(
+            "no endpoints for host {host} port {}{subset_note}: {why}",
+            port.number
         );
+        if self.agent.live_endpoints {
+            report.warn(
+                o,
+                format!("{path}.destination"),
+                format!("{message}; its connections are refused until one is ready"),
+            );
+            return Some(Vec::new());
+        }
+        report.error(o, format!("{path}.destination"), message);
         None
     }
 }

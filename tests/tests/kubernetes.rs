@@ -1,0 +1,479 @@
+//! `gateway run --source kubernetes` against a Kubernetes API: kmock's
+//! emulator behind a thin front (tests/kube/apiserver.py), changed with the
+//! real `kubectl apply` of the seed's own files. The tests play the
+//! cluster's controllers: they create the pods and the EndpointSlices the
+//! endpoint controller would, pointing at tcp-echo processes on loopback.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use gateway_tests::{
+    agent::{
+        assert_all, example, read, seed, unique_ip, who_answers, Agent, Echo, Held, TempDir, FQDN,
+        NS, PORT,
+    },
+    kube::{ApiServer, Pod},
+};
+
+const V1: &[(&str, &str)] = &[("app", "tcp-echo"), ("version", "v1")];
+const V2: &[(&str, &str)] = &[("app", "tcp-echo"), ("version", "v2")];
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// Polls `f` until it holds, for at most `timeout`.
+fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// All of `n` connections answered by `who`, once the agent has caught up.
+fn eventually_all(addr: SocketAddr, who: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("all answered by {who}"),
+        || {
+            let c = who_answers(addr, 20, 4);
+            c.len() == 1 && c.contains_key(who)
+        },
+    );
+    assert_all(addr, 50, who);
+}
+
+/// An API server holding the seed's Service and Deployments, an agent
+/// watching it, and a pod (with its EndpointSlice) per backend.
+struct Cluster {
+    dir: TempDir,
+    api: ApiServer,
+    agent: Agent,
+}
+
+impl Cluster {
+    fn start(tag: &str, extra: &[&str]) -> Cluster {
+        let dir = TempDir::new(tag);
+        let api = ApiServer::start();
+        let out = api.apply(NS, &[&seed("tcp-echo-services.yaml")]);
+        assert_eq!(
+            out,
+            "service/tcp-echo created\ndeployment.apps/tcp-echo-v1 created\n\
+             deployment.apps/tcp-echo-v2 created\n"
+        );
+        let kubeconfig = api.kubeconfig.to_str().expect("utf-8").to_string();
+        let mut args = vec!["--source", "kubernetes", "--kubeconfig", &kubeconfig];
+        args.extend_from_slice(extra);
+        let agent = Agent::start(&dir.path, unique_ip(), &args);
+        Cluster { dir, api, agent }
+    }
+
+    /// Creates or updates a pod and its EndpointSlice.
+    fn pod(&self, pod: Pod<'_>) {
+        let file = self
+            .dir
+            .write(&format!("pod-{}.yaml", pod.name), &pod.yaml());
+        self.api.apply(NS, &[&file]);
+    }
+}
+
+fn pod<'a>(name: &'a str, labels: &'a [(&'a str, &'a str)], echo: &Echo, ready: bool) -> Pod<'a> {
+    Pod {
+        name,
+        labels,
+        service: "tcp-echo",
+        addr: echo.addr,
+        ready,
+    }
+}
+
+/// Istio's task with the seed's files applied unchanged with kubectl: 100%
+/// v1, 80/20, 100% v2, cleanup; each edit affects new connections only.
+#[test]
+fn the_seed_task_through_the_api_server() {
+    gateway_tests::needs_root!();
+    let one = Echo::start(loopback(1), "one");
+    let two = Echo::start(loopback(2), "two");
+    let c = Cluster::start("kube-task", &[]);
+    let addr = c.agent.addr(PORT);
+    c.pod(pod("tcp-echo-v1-7d9f", V1, &one, true));
+    c.pod(pod("tcp-echo-v2-5c4b", V2, &two, true));
+    assert!(TcpStream::connect(addr).is_err(), "no Gateway yet");
+
+    assert_eq!(
+        c.api.apply(NS, &[&seed("tcp-echo-all-v1.yaml")]),
+        "gateway.networking.istio.io/tcp-echo-gateway created\n\
+         destinationrule.networking.istio.io/tcp-echo-destination created\n\
+         virtualservice.networking.istio.io/tcp-echo created\n"
+    );
+    eventually_all(addr, "one");
+
+    let mut before = Held::open(addr);
+    assert_eq!(before.who("before the shift"), "one");
+    assert_eq!(
+        c.api.apply(NS, &[&seed("tcp-echo-20-v2.yaml")]),
+        "virtualservice.networking.istio.io/tcp-echo configured\n"
+    );
+    eventually(Duration::from_secs(20), "v2 answers", || {
+        who_answers(addr, 20, 4).contains_key("two")
+    });
+    let n = 2000;
+    let counts = who_answers(addr, n, 16);
+    eprintln!("{n} connections: {counts:?}");
+    let (v1, v2) = (
+        counts.get("one").copied().unwrap_or(0),
+        counts.get("two").copied().unwrap_or(0),
+    );
+    assert_eq!(v1 + v2, n, "every connection answered: {counts:?}");
+    let (n_f, p) = (n as f64, 0.2);
+    let sigma = (n_f * p * (1.0 - p)).sqrt();
+    assert!(
+        (v2 as f64 - n_f * p).abs() <= 4.0 * sigma,
+        "v2 got {v2} of {n}, expected {} ± {:.0}",
+        n_f * p,
+        4.0 * sigma
+    );
+    assert_eq!(before.who("after the shift"), "one");
+
+    let mut during = Held::open(addr);
+    let was = during.who("under 80/20");
+    c.api.apply(NS, &[&example("tcp-echo-all-v2.yaml")]);
+    eventually_all(addr, "two");
+    assert_eq!(during.who("after 100% v2"), was);
+    assert_eq!(before.who("still there"), "one");
+
+    // kmock keeps an object per apiVersion (a real API server has one), so
+    // the v1 copy the last step wrote goes too.
+    for file in [
+        seed("tcp-echo-all-v1.yaml"),
+        example("tcp-echo-all-v2.yaml"),
+    ] {
+        let out = c
+            .api
+            .kubectl(&["delete", "-n", NS, "-f", file.to_str().expect("utf-8")]);
+        assert!(out.ok(), "{out:#?}");
+    }
+    eventually(Duration::from_secs(20), "the port closes", || {
+        TcpStream::connect(addr).is_err()
+    });
+    assert_eq!(during.who("after cleanup"), was);
+    drop((before, during));
+    let stats = c.agent.stop();
+    assert_eq!(
+        gateway_tests::agent::counter(&stats, "connections_reset"),
+        0,
+        "{stats}"
+    );
+}
+
+/// Endpoints follow the pods: a pod that turns unready leaves its subset,
+/// one that turns ready joins, a relabelled pod moves to the other subset;
+/// none of it touches connections already open.
+#[test]
+fn pods_turning_ready_and_unready_move_endpoints_between_subsets() {
+    gateway_tests::needs_root!();
+    let one = Echo::start(loopback(1), "one");
+    let two = Echo::start(loopback(2), "two");
+    let three = Echo::start(loopback(3), "three");
+    let c = Cluster::start("kube-pods", &[]);
+    let addr = c.agent.addr(PORT);
+    c.pod(pod("a", V1, &one, true));
+    c.pod(pod("b", V2, &two, true));
+    c.pod(pod("c", V1, &three, false));
+    c.api.apply(NS, &[&seed("tcp-echo-all-v1.yaml")]);
+    eventually_all(addr, "one");
+    let mut held = Held::open(addr);
+    assert_eq!(held.who("on a"), "one");
+
+    // a goes unready as c turns ready: v1 is c alone.
+    c.pod(pod("c", V1, &three, true));
+    c.pod(pod("a", V1, &one, false));
+    eventually_all(addr, "three");
+    assert_eq!(held.who("a is unready, its connection stays"), "one");
+
+    // No ready v1 pod: v1's connections are refused, the config still served.
+    c.pod(pod("c", V1, &three, false));
+    eventually(Duration::from_secs(20), "v1 has no endpoint", || {
+        who_answers(addr, 5, 1)
+            .keys()
+            .all(|k| k.starts_with("error"))
+    });
+    assert!(
+        c.agent
+            .wait_log(
+                &["no endpoints for host", FQDN, "subset v1"],
+                Duration::from_secs(5)
+            )
+            .is_some(),
+        "{:#?}",
+        c.agent.stderr()
+    );
+
+    // b is relabelled v1: it moves from subset v2 to v1.
+    c.pod(pod("b", V1, &two, true));
+    eventually_all(addr, "two");
+    assert_eq!(held.who("still on a"), "one");
+    drop(held);
+    c.agent.stop();
+}
+
+/// The API server goes away (connections refused, watches cut) and comes
+/// back with a change made meanwhile; then every watch is answered with
+/// 410 Gone and the watches relist. Traffic flows throughout.
+#[test]
+fn the_api_server_going_away_and_410_gone_are_survived() {
+    gateway_tests::needs_root!();
+    let one = Echo::start(loopback(1), "one");
+    let two = Echo::start(loopback(2), "two");
+    let mut c = Cluster::start("kube-away", &[]);
+    let addr = c.agent.addr(PORT);
+    c.pod(pod("tcp-echo-v1-7d9f", V1, &one, true));
+    c.pod(pod("tcp-echo-v2-5c4b", V2, &two, true));
+    c.api.apply(NS, &[&seed("tcp-echo-all-v1.yaml")]);
+    eventually_all(addr, "one");
+
+    c.api.down();
+    assert!(
+        c.agent
+            .wait_log(
+                &["watch of", "failed", "still serving"],
+                Duration::from_secs(20)
+            )
+            .is_some(),
+        "{:#?}",
+        c.agent.stderr()
+    );
+    assert_all(addr, 100, "one");
+    c.api.apply_behind(NS, &[&example("tcp-echo-all-v2.yaml")]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_all(addr, 50, "one");
+    c.api.up();
+    eventually_all(addr, "two");
+    assert!(c
+        .agent
+        .wait_log(&["watch of", "is back"], Duration::from_secs(20))
+        .is_some());
+
+    let expired = c.api.expire_watches();
+    assert!(expired >= 3, "the agent's watches were open: {expired}");
+    c.api.apply(NS, &[&seed("tcp-echo-20-v2.yaml")]);
+    // v1alpha3 now says 80/20 but the v1 copy (kmock keeps one per
+    // version) says all v2 and is read first: delete it to see the change.
+    let out = c.api.kubectl(&[
+        "delete",
+        "-n",
+        NS,
+        "-f",
+        example("tcp-echo-all-v2.yaml").to_str().expect("utf-8"),
+    ]);
+    assert!(out.ok(), "{out:#?}");
+    eventually(Duration::from_secs(20), "80/20 after the relist", || {
+        let counts: BTreeMap<_, _> = who_answers(addr, 100, 4);
+        counts.contains_key("one") && counts.contains_key("two")
+    });
+    assert_eq!(
+        who_answers(addr, 200, 8)
+            .keys()
+            .filter(|k| k.starts_with("error"))
+            .count(),
+        0
+    );
+    c.agent.stop();
+}
+
+/// A resource the validator refuses is skipped, named in the log; the rest
+/// keeps serving, and a fix is picked up.
+#[test]
+fn a_refused_resource_is_skipped_and_the_rest_served() {
+    gateway_tests::needs_root!();
+    let one = Echo::start(loopback(1), "one");
+    let c = Cluster::start("kube-bad", &[]);
+    let addr = c.agent.addr(PORT);
+    c.pod(pod("tcp-echo-v1-7d9f", V1, &one, true));
+    c.api.apply(NS, &[&seed("tcp-echo-all-v1.yaml")]);
+    eventually_all(addr, "one");
+
+    let bad = read(&example("tcp-echo-all-v2.yaml"))
+        .replace("name: tcp-echo\n", "name: tcp-echo-typo\n")
+        .replace("weight: 100", "weigth: 100");
+    let file = c.dir.write("bad.yaml", &bad);
+    c.api.apply(NS, &[&file]);
+    let line = c
+        .agent
+        .wait_log(&["skipped, not served"], Duration::from_secs(20));
+    assert!(line.is_some(), "{:#?}", c.agent.stderr());
+    let log = c.agent.stderr().join("\n");
+    assert!(
+        log.contains(&format!(
+            "kubernetes:/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices/tcp-echo-typo"
+        )) && log.contains("weigth"),
+        "{log}"
+    );
+    assert_all(addr, 50, "one");
+    c.agent.stop();
+}
+
+/// The ClusterRole in manifests/deploy/rbac.yaml allows every call the
+/// agent made here, and the agent made a call under every rule: the role is
+/// neither short of what the code does nor wider than it.
+#[test]
+fn the_cluster_role_matches_the_calls_the_agent_makes() {
+    gateway_tests::needs_root!();
+    let c = Cluster::start("kube-rbac", &[]);
+    let one = Echo::start(loopback(1), "one");
+    c.pod(pod("tcp-echo-v1-7d9f", V1, &one, true));
+    c.api.apply(NS, &[&seed("tcp-echo-all-v1.yaml")]);
+    eventually_all(c.agent.addr(PORT), "one");
+
+    let rbac = read(&gateway_tests::agent::workspace().join("manifests/deploy/rbac.yaml"));
+    let rules = cluster_role_rules(&rbac);
+    let mut used = vec![false; rules.len()];
+    let mut calls = Vec::new();
+    for r in c.api.requests() {
+        if r["agent"].as_str().unwrap_or("").starts_with("kubectl") {
+            continue; // the test's own
+        }
+        let path = r["path"].as_str().unwrap_or("");
+        let Some((group, resource, named)) = resource_of(path) else {
+            continue; // discovery: allowed to every authenticated user
+        };
+        let verb = match (
+            r["method"].as_str().unwrap_or(""),
+            r["watch"].as_bool(),
+            named,
+        ) {
+            ("GET", Some(true), _) => "watch",
+            ("GET", _, false) => "list",
+            ("GET", _, true) => "get",
+            (m, _, _) => panic!("the agent wrote to the API: {m} {path}"),
+        };
+        calls.push(format!("{verb} {group}/{resource}"));
+        let rule = rules.iter().position(|(g, res, verbs)| {
+            g.contains(&group) && res.contains(&resource) && verbs.contains(&verb.to_string())
+        });
+        match rule {
+            Some(i) => used[i] = true,
+            None => panic!("{verb} {group}/{resource} ({path}) is not allowed by the ClusterRole"),
+        }
+    }
+    calls.sort();
+    calls.dedup();
+    eprintln!("calls: {calls:#?}");
+    for (i, u) in used.iter().enumerate() {
+        assert!(
+            u,
+            "ClusterRole rule {:?} is never used: {calls:#?}",
+            rules[i]
+        );
+    }
+    // Each rule's every resource and verb, too.
+    for (groups, resources, verbs) in &rules {
+        for g in groups {
+            for r in resources {
+                for v in verbs {
+                    assert!(
+                        calls.contains(&format!("{v} {g}/{r}")),
+                        "the ClusterRole grants {v} {g}/{r}, which the agent never does: {calls:#?}"
+                    );
+                }
+            }
+        }
+    }
+    c.agent.stop();
+}
+
+/// (apiGroups, resources, verbs) of the ClusterRole's rules.
+fn cluster_role_rules(yaml: &str) -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for doc in yaml.split("\n---\n") {
+        let v: serde_json::Value = serde_norway::from_str(doc).expect("rbac.yaml parses");
+        if v["kind"] != "ClusterRole" {
+            continue;
+        }
+        for r in v["rules"].as_array().expect("rules") {
+            out.push((
+                strings(&r["apiGroups"]),
+                strings(&r["resources"]),
+                strings(&r["verbs"]),
+            ));
+        }
+    }
+    assert!(!out.is_empty(), "no ClusterRole in rbac.yaml");
+    out
+}
+
+/// (group, resource, names one object) of a resource path; None for
+/// discovery paths.
+fn resource_of(path: &str) -> Option<(String, String, bool)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _v, rest @ ..] => (String::new(), rest),
+        ["apis", g, _v, rest @ ..] => (g.to_string(), rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        r => r,
+    };
+    match rest {
+        [resource] => Some((group, resource.to_string(), false)),
+        [resource, _name, ..] => Some((group, resource.to_string(), true)),
+        _ => None,
+    }
+}
+
+/// SIGTERM, as the kubelet sends it: the ports close at once, live
+/// connections keep working for the drain timeout, then close, and the
+/// counts are logged.
+#[test]
+fn sigterm_drains_live_connections_then_closes_them() {
+    gateway_tests::needs_root!();
+    let one = Echo::start(loopback(1), "one");
+    let c = Cluster::start("kube-term", &["--drain-timeout", "3s"]);
+    let addr = c.agent.addr(PORT);
+    c.pod(pod("tcp-echo-v1-7d9f", V1, &one, true));
+    c.api.apply(NS, &[&seed("tcp-echo-all-v1.yaml")]);
+    eventually_all(addr, "one");
+    let mut held = Held::open(addr);
+    assert_eq!(held.who("before"), "one");
+    let mut finished = Held::open(addr);
+    assert_eq!(finished.who("before"), "one");
+
+    let stopped = Instant::now();
+    c.agent.terminate();
+    eventually(Duration::from_secs(5), "the port closes", || {
+        TcpStream::connect(addr).is_err()
+    });
+    assert_eq!(held.who("while draining"), "one");
+    drop(finished);
+    let line = c
+        .agent
+        .wait_log(&["drained:"], Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("{:#?}", c.agent.stderr()));
+    assert!(
+        line.contains("2 connections open at stop, 1 finished")
+            && line.contains("1 closed at the drain timeout (3s)"),
+        "{line}"
+    );
+    assert!(stopped.elapsed() >= Duration::from_millis(2900), "{line}");
+    assert!(
+        matches!(
+            held.wait_closed(Duration::from_secs(5)),
+            Some(Ok(0)) | Some(Err(_))
+        ),
+        "closed after the drain"
+    );
+    c.agent.stop();
+}
