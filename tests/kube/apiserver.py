@@ -21,6 +21,7 @@ and so that tests can do what only a real server does on its own:
   - `POST /_front/expire` ends every open watch with a 410 Gone error event
     (a watch that fell too far behind), as etcd compaction does;
   - watches get BOOKMARK events every second when they ask for them;
+  - `GET /_front/watches` counts the watches open now;
   - `GET /_front/requests` lists every request it passed (method, path,
     watch, User-Agent), to compare a client's calls with its RBAC role.
 Killing the front and starting it again on the same port is the API server
@@ -55,6 +56,11 @@ async def emulator(port):
         for version in ("v1", "v1beta1", "v1alpha3"):
             for plural, kind in ISTIO.items():
                 kinds[f"networking.istio.io/{version}/{plural}"] = (kind, True)
+        for plural, kind, versions in (("gateways", "Gateway", ("v1", "v1beta1")),
+                                       ("tcproutes", "TCPRoute", ("v1", "v1alpha2")),
+                                       ("referencegrants", "ReferenceGrant", ("v1", "v1beta1"))):
+            for version in versions:
+                kinds[f"gateway.networking.k8s.io/{version}/{plural}"] = (kind, True)
         kinds.update({
             "v1/namespaces": ("Namespace", False),
             "v1/services": ("Service", True),
@@ -122,6 +128,8 @@ class Front:
             return await self.expire(request)
         if request.path == "/_front/requests":
             return web.json_response(self.requests)
+        if request.path == "/_front/watches":
+            return web.json_response({"open": len(self.watches)})
         self.requests.append({"method": request.method, "path": request.path,
                               "watch": request.query.get("watch") in ("1", "true"),
                               "agent": request.headers.get("User-Agent", "")})

@@ -159,6 +159,13 @@ impl ApiServer {
         v["expired"].as_u64().expect("a count")
     }
 
+    /// How many watches are open through the front now.
+    pub fn open_watches(&self) -> u64 {
+        let body = self.front_get("/_front/watches", "GET");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        v["open"].as_u64().expect("a count")
+    }
+
     /// Every request the front passed on: (method, path, watch, user agent).
     pub fn requests(&self) -> Vec<serde_json::Value> {
         let body = self.front_get("/_front/requests", "GET");

@@ -169,6 +169,56 @@ fn the_seed_task_through_the_api_server() {
     );
 }
 
+/// The Gateway API variant of the task, its files applied unchanged: the
+/// Gateway, the Services tcp-echo-v1 and tcp-echo-v2 (their pods' slices
+/// written by the test) and the TCPRoute, then 80/20.
+#[test]
+fn the_gateway_api_task_through_the_api_server() {
+    gateway_tests::needs_root!();
+    let one = Echo::start(loopback(1), "one");
+    let two = Echo::start(loopback(2), "two");
+    let c = Cluster::start("kube-gwapi", &[]);
+    let addr = c.agent.addr(PORT);
+    let task = |f: &str| {
+        gateway_tests::agent::workspace()
+            .join("gateway-user/src/istio/testdata/gateway-api")
+            .join(f)
+    };
+    assert_eq!(
+        c.api.apply(NS, &[&task("tcp-echo-all-v1.yaml")]),
+        "gateway.gateway.networking.k8s.io/tcp-echo-gateway created\n\
+         service/tcp-echo-v1 created\nservice/tcp-echo-v2 created\n\
+         tcproute.gateway.networking.k8s.io/tcp-echo created\n"
+    );
+    for (name, labels, echo, service) in [
+        ("tcp-echo-v1-7d9f", V1, &one, "tcp-echo-v1"),
+        ("tcp-echo-v2-5c4b", V2, &two, "tcp-echo-v2"),
+    ] {
+        c.pod(Pod {
+            name,
+            labels,
+            service,
+            addr: echo.addr,
+            ready: true,
+        });
+    }
+    eventually_all(addr, "one");
+    c.api.apply(NS, &[&task("tcp-echo-20-v2.yaml")]);
+    eventually(Duration::from_secs(20), "v2 answers", || {
+        who_answers(addr, 20, 4).contains_key("two")
+    });
+    let n = 1000;
+    let counts = who_answers(addr, n, 16);
+    let two_n = counts.get("two").copied().unwrap_or(0) as f64;
+    let sigma = (n as f64 * 0.2 * 0.8).sqrt();
+    assert_eq!(counts.values().sum::<usize>(), n);
+    assert!(
+        (two_n - 200.0).abs() <= 4.0 * sigma && counts.len() == 2,
+        "{counts:?}"
+    );
+    c.agent.stop();
+}
+
 /// Endpoints follow the pods: a pod that turns unready leaves its subset,
 /// one that turns ready joins, a relabelled pod moves to the other subset;
 /// none of it touches connections already open.
@@ -259,6 +309,15 @@ fn the_api_server_going_away_and_410_gone_are_survived() {
 
     let expired = c.api.expire_watches();
     assert!(expired >= 3, "the agent's watches were open: {expired}");
+    // Relisted and watching again before the changes below: kmock ignores
+    // the watch's resourceVersion and replays what exists, so an object
+    // deleted between the relist and the new watch would never be seen to
+    // go (a real API server sends that DELETED from the list's version).
+    eventually(
+        Duration::from_secs(20),
+        "the watches are open again",
+        || c.api.open_watches() >= expired,
+    );
     c.api.apply(NS, &[&seed("tcp-echo-20-v2.yaml")]);
     // v1alpha3 now says 80/20 but the v1 copy (kmock keeps one per
     // version) says all v2 and is read first: delete it to see the change.

@@ -49,6 +49,9 @@ pub struct ValidateArgs {
         value_parser = parse_label
     )]
     pub labels: Vec<(String, String)>,
+    /// The GatewayClass whose Gateway API Gateways this gateway serves.
+    #[arg(long, value_name = "NAME", default_value = istio::DEFAULT_GATEWAY_CLASS)]
+    pub gateway_class: String,
 }
 
 /// The files `-f` names, read: directories as kubectl reads them.
@@ -124,7 +127,8 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     if !problems.is_empty() {
         bail!("{}", istio::ConfigError::Invalid(problems));
     }
-    let applied = Store::new(agent_identity(&args.labels)).apply(&batch.resources)?;
+    let applied =
+        Store::new(agent_identity(&args.labels, &args.gateway_class)).apply(&batch.resources)?;
     let notes = &batch.notes;
     warn_all(notes);
     let warnings = &applied.snapshot.warnings;
@@ -159,13 +163,21 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
                 )
             })
             .collect();
+        let (gateway, route) = if l.route.kind == istio::Kind::TcpRoute {
+            ("Gateway.gateway.networking.k8s.io", "TCPRoute")
+        } else {
+            ("Gateway", "VirtualService")
+        };
         println!(
-            "port {}: Gateway {}, VirtualService {} -> {}",
+            "port {}: {gateway} {}, {route} {} -> {}",
             l.port,
             l.gateway,
             l.route.virtual_service,
             split.join(", ")
         );
+    }
+    for s in &applied.snapshot.status {
+        println!("status: {s}");
     }
     Ok(())
 }

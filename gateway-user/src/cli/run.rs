@@ -47,6 +47,9 @@ pub struct RunArgs {
         value_parser = parse_label
     )]
     pub labels: Vec<(String, String)>,
+    /// The GatewayClass whose Gateway API Gateways this gateway serves.
+    #[arg(long, value_name = "NAME", default_value = istio::DEFAULT_GATEWAY_CLASS)]
+    pub gateway_class: String,
     /// The Unix socket `gateway apply` and `gateway delete` talk to (created
     /// root-only).
     #[arg(long, value_name = "PATH", default_value = admin::DEFAULT_ADMIN)]
@@ -88,9 +91,10 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-pub fn agent_identity(labels: &[(String, String)]) -> istio::Agent {
+pub fn agent_identity(labels: &[(String, String)], gateway_class: &str) -> istio::Agent {
     istio::Agent {
         labels: labels.iter().cloned().collect(),
+        gateway_class: gateway_class.to_string(),
         ..istio::Agent::default()
     }
 }
@@ -99,7 +103,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     args.dataplane
         .instance
         .get_or_insert_with(|| DEFAULT_INSTANCE.to_string());
-    let mut agent = agent_identity(&args.labels);
+    let mut agent = agent_identity(&args.labels, &args.gateway_class);
     let cluster = args.source == ConfigSource::Kubernetes;
     agent.live_endpoints = cluster;
     // Before anything binds: a bad kubeconfig is a start-up error.

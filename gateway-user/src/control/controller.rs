@@ -284,7 +284,7 @@ impl Controller {
                 Ok(listener) => fresh.push((l, addr, listener)),
                 Err(e) => problems.push(Diagnostic::new(
                     Some(&l.origin),
-                    format!("spec.servers[{}].port.number", l.server),
+                    l.port_field.clone(),
                     format!("cannot listen on {addr}: {e}"),
                 )),
             }

@@ -11,6 +11,9 @@
 //! select pods exactly as Istio's do: the Service's endpoints whose pod
 //! carries the subset's labels.
 //!
+//! The Gateway API's Gateway, TCPRoute and ReferenceGrant are watched the
+//! same way, when their CRDs are installed.
+//!
 //! Istio's CRDs serve each kind at v1, v1beta1 and v1alpha3. A real API
 //! server returns every object at every served version; an emulator may
 //! keep each at the version it was written with. Every served version is
@@ -54,17 +57,69 @@ use super::{
 };
 use crate::istio::{self, ConfigError, Resource, ResourceId};
 
-/// Istio's networking API group.
-pub const ISTIO_GROUP: &str = "networking.istio.io";
-/// Newest first: an object seen at several versions is read at the first.
-pub const ISTIO_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
-/// The Istio kinds watched: (resource, kind).
-pub const ISTIO_KINDS: [(&str, &str); 5] = [
-    ("gateways", "Gateway"),
-    ("virtualservices", "VirtualService"),
-    ("destinationrules", "DestinationRule"),
-    ("serviceentries", "ServiceEntry"),
-    ("workloadentries", "WorkloadEntry"),
+/// A kind of config watched: its group, resource, kind, and the versions
+/// read, newest first (an object seen at several is read at the first).
+pub struct ConfigKind {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub kind: &'static str,
+    pub versions: &'static [&'static str],
+}
+
+const ISTIO: &str = "networking.istio.io";
+const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const GATEWAY_API: &str = "gateway.networking.k8s.io";
+
+/// Istio's networking kinds and the Gateway API's TCP ones.
+pub const CONFIG_KINDS: [ConfigKind; 8] = [
+    ConfigKind {
+        group: ISTIO,
+        resource: "gateways",
+        kind: "Gateway",
+        versions: ISTIO_VERSIONS,
+    },
+    ConfigKind {
+        group: ISTIO,
+        resource: "virtualservices",
+        kind: "VirtualService",
+        versions: ISTIO_VERSIONS,
+    },
+    ConfigKind {
+        group: ISTIO,
+        resource: "destinationrules",
+        kind: "DestinationRule",
+        versions: ISTIO_VERSIONS,
+    },
+    ConfigKind {
+        group: ISTIO,
+        resource: "serviceentries",
+        kind: "ServiceEntry",
+        versions: ISTIO_VERSIONS,
+    },
+    ConfigKind {
+        group: ISTIO,
+        resource: "workloadentries",
+        kind: "WorkloadEntry",
+        versions: ISTIO_VERSIONS,
+    },
+    ConfigKind {
+        group: GATEWAY_API,
+        resource: "gateways",
+        kind: "Gateway",
+        versions: &["v1", "v1beta1"],
+    },
+    ConfigKind {
+        group: GATEWAY_API,
+        resource: "tcproutes",
+        kind: "TCPRoute",
+        versions: &["v1", "v1alpha2"],
+    },
+    ConfigKind {
+        group: GATEWAY_API,
+        resource: "referencegrants",
+        kind: "ReferenceGrant",
+        versions: &["v1", "v1beta1"],
+    },
 ];
 /// The label an EndpointSlice names its Service with.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -109,8 +164,8 @@ pub fn spawn(
 /// What a watch is of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Watch {
-    /// Indices into [`ISTIO_KINDS`] and [`ISTIO_VERSIONS`].
-    Istio {
+    /// Indices into [`CONFIG_KINDS`] and its versions.
+    Config {
         kind: usize,
         version: usize,
     },
@@ -122,11 +177,10 @@ enum Watch {
 impl fmt::Display for Watch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Watch::Istio { kind, version } => write!(
-                f,
-                "{}.{ISTIO_GROUP}/{}",
-                ISTIO_KINDS[kind].0, ISTIO_VERSIONS[version]
-            ),
+            Watch::Config { kind, version } => {
+                let k = &CONFIG_KINDS[kind];
+                write!(f, "{}.{}/{}", k.resource, k.group, k.versions[version])
+            }
             Watch::Services => f.write_str("services/v1"),
             Watch::Slices => f.write_str("endpointslices.discovery.k8s.io/v1"),
             Watch::Pods => f.write_str("pods/v1 (metadata)"),
@@ -459,7 +513,7 @@ impl World {
     fn resources(&mut self) -> Vec<Resource> {
         let mut docs: BTreeMap<(usize, &Key), (usize, &Value)> = BTreeMap::new();
         for (watch, state) in &self.watches {
-            let Watch::Istio { kind, version } = *watch else {
+            let Watch::Config { kind, version } = *watch else {
                 continue;
             };
             for (k, o) in &state.objects {
@@ -474,9 +528,10 @@ impl World {
         let mut out: Vec<(String, String, Value)> = docs
             .into_iter()
             .map(|((kind, (ns, name)), (version, doc))| {
+                let k = &CONFIG_KINDS[kind];
                 let path = format!(
-                    "kubernetes:/apis/{ISTIO_GROUP}/{}/namespaces/{ns}/{}/{name}",
-                    ISTIO_VERSIONS[version], ISTIO_KINDS[kind].0
+                    "kubernetes:/apis/{}/{}/namespaces/{ns}/{}/{name}",
+                    k.group, k.versions[version], k.resource
                 );
                 (path, ns.clone(), doc.clone())
             })
@@ -605,21 +660,30 @@ impl World {
     }
 }
 
-/// The Istio (kind, version) pairs the API server serves now.
+/// The config (kind, version) pairs the API server serves now.
 async fn discover(client: &Client) -> kube::Result<Vec<(Watch, ApiResource)>> {
-    let group = match kube::discovery::group(client, ISTIO_GROUP).await {
-        Ok(g) => g,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut found = Vec::new();
-    for (version, v) in ISTIO_VERSIONS.iter().enumerate() {
-        if !group.versions().any(|served| served == *v) {
-            continue;
-        }
-        for (ar, _) in group.versioned_resources(v) {
-            if let Some(kind) = ISTIO_KINDS.iter().position(|(_, k)| *k == ar.kind) {
-                found.push((Watch::Istio { kind, version }, ar));
+    for group_name in [ISTIO, GATEWAY_API] {
+        let group = match kube::discovery::group(client, group_name).await {
+            Ok(g) => g,
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => return Err(e),
+        };
+        for (kind, k) in CONFIG_KINDS.iter().enumerate() {
+            if k.group != group_name {
+                continue;
+            }
+            for (version, v) in k.versions.iter().enumerate() {
+                if !group.versions().any(|served| served == *v) {
+                    continue;
+                }
+                if let Some((ar, _)) = group
+                    .versioned_resources(v)
+                    .into_iter()
+                    .find(|(ar, _)| ar.plural == k.resource && ar.kind == k.kind)
+                {
+                    found.push((Watch::Config { kind, version }, ar));
+                }
             }
         }
     }
@@ -663,8 +727,9 @@ async fn run(client: Client, controller: Arc<Mutex<Controller>>, synced: oneshot
     };
     if found.is_empty() {
         tracing::warn!(
-            "the API server serves no {ISTIO_GROUP} kinds (Istio's CRDs are not installed: \
-             kubectl apply -f manifests/crds/); watching Services, checking again every {REDISCOVER:?}"
+            "the API server serves neither {ISTIO} nor {GATEWAY_API} (no Istio or Gateway API \
+             CRDs installed; `cargo xtask manifests --crds` has Istio's); watching Services, \
+             checking again every {REDISCOVER:?}"
         );
     } else {
         tracing::info!(

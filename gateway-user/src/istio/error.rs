@@ -3,7 +3,8 @@
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
-/// The Istio kinds this gateway understands.
+/// The kinds this gateway understands: Istio's networking kinds and the
+/// Kubernetes Gateway API's TCP ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Gateway,
@@ -11,17 +12,29 @@ pub enum Kind {
     DestinationRule,
     ServiceEntry,
     WorkloadEntry,
+    /// The Gateway API's `Gateway` (gateway.networking.k8s.io).
+    KubeGateway,
+    TcpRoute,
+    ReferenceGrant,
 }
 
+/// The Gateway API's group.
+pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
+
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
+        Kind::KubeGateway,
+        Kind::TcpRoute,
+        Kind::ReferenceGrant,
     ];
 
+    /// The name in messages and saved state; the Gateway API's Gateway is
+    /// qualified with its group, as kubectl does where a kind is ambiguous.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Gateway => "Gateway",
@@ -29,16 +42,46 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::KubeGateway => "Gateway.gateway.networking.k8s.io",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+        }
+    }
+
+    /// The `kind` field of the document.
+    pub fn kind_field(self) -> &'static str {
+        match self {
+            Kind::KubeGateway => "Gateway",
+            k => k.as_str(),
+        }
+    }
+
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::KubeGateway | Kind::TcpRoute | Kind::ReferenceGrant => GATEWAY_API_GROUP,
+            _ => "networking.istio.io",
         }
     }
 
     /// The name kubectl prints, e.g. `virtualservice.networking.istio.io`.
     pub fn resource_name(self) -> String {
-        format!("{}.networking.istio.io", self.as_str().to_ascii_lowercase())
+        format!(
+            "{}.{}",
+            self.kind_field().to_ascii_lowercase(),
+            self.group()
+        )
     }
 
+    /// A kind as [`Kind::as_str`] writes it.
     pub fn parse(kind: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// A document's kind in its API group.
+    pub fn of(group: &str, kind: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.group() == group && k.kind_field() == kind)
     }
 }
 

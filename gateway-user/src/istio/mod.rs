@@ -29,8 +29,8 @@ pub use error::{ConfigError, Diagnostic, Kind, Location, Origin, ResourceId};
 pub(crate) use parse::Spec;
 pub use parse::{parse, Batch, Namespace, Resource};
 pub use snapshot::{
-    Address, Agent, Cluster, Endpoint, LbPolicy, Listener, Snapshot, TcpRoute, WeightedCluster,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    Address, Agent, Cluster, Condition, Endpoint, LbPolicy, Listener, Snapshot, Status, TcpRoute,
+    WeightedCluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
 pub use store::{Action, Applied, Change, Store};
 
@@ -38,3 +38,5 @@ const GROUP: &str = "networking.istio.io";
 const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 /// kubectl's namespace when neither `-n` nor the document names one.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// The GatewayClass Istio's own gateways answer to.
+pub const DEFAULT_GATEWAY_CLASS: &str = "istio";

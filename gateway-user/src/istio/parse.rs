@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use super::{
+    error::GATEWAY_API_GROUP,
     error::{ConfigError, Diagnostic, Kind, Origin, ResourceId},
     names,
     resources::{
-        DestinationRuleSpec, Envelope, GatewaySpec, Metadata, ServiceEntrySpec, VirtualServiceSpec,
-        WorkloadEntrySpec,
+        DestinationRuleSpec, Envelope, GatewaySpec, KubeGatewaySpec, KubeTcpRouteSpec, Metadata,
+        ReferenceGrantSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
     },
     yaml, DEFAULT_NAMESPACE, GROUP, VERSIONS,
 };
@@ -32,6 +33,9 @@ pub(crate) enum Spec {
     DestinationRule(Box<DestinationRuleSpec>),
     ServiceEntry(ServiceEntrySpec),
     WorkloadEntry(WorkloadEntrySpec),
+    KubeGateway(KubeGatewaySpec),
+    TcpRoute(KubeTcpRouteSpec),
+    ReferenceGrant(ReferenceGrantSpec),
 }
 
 /// What one or more files held: the Istio resources, plus notes about the
@@ -174,7 +178,47 @@ fn read_document(
         .to_string();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
 
-    if group != GROUP {
+    if group == GATEWAY_API_GROUP {
+        let served: &[&str] = match kind_name.as_str() {
+            "Gateway" => &["v1", "v1beta1"],
+            "TCPRoute" => &["v1", "v1alpha2"],
+            "ReferenceGrant" => &["v1", "v1beta1", "v1alpha2"],
+            "GatewayClass" => {
+                return Ok(Read::Skipped(Some(Diagnostic::new(
+                    Some(origin),
+                    "",
+                    format!(
+                        "GatewayClass {meta_name}: skipped; this gateway serves the Gateways of \
+                         class --gateway-class (default istio)"
+                    ),
+                ))))
+            }
+            _ => {
+                return Ok(Read::Skipped(Some(Diagnostic::new(
+                    Some(origin),
+                    "",
+                    format!(
+                        "{kind_name} {meta_name} ({api_version}) is not served by this gateway \
+                         (TCP only: Gateway, TCPRoute, ReferenceGrant); skipped"
+                    ),
+                ))))
+            }
+        };
+        if !served.contains(&version) {
+            return Err(one(
+                origin,
+                "apiVersion",
+                format!(
+                    "{api_version} does not serve {kind_name}; use {}",
+                    served
+                        .iter()
+                        .map(|v| format!("{GATEWAY_API_GROUP}/{v}"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            ));
+        }
+    } else if group != GROUP {
         let message = if group.ends_with(".istio.io") {
             // An AuthorizationPolicy the user expects to protect the
             // gateway must not pass silently.
@@ -197,14 +241,14 @@ fn read_document(
             message,
         ))));
     }
-    if !VERSIONS.contains(&version) {
+    if group == GROUP && !VERSIONS.contains(&version) {
         return Err(one(
             origin,
             "apiVersion",
             format!("{api_version} is not served; use {GROUP}/v1, v1beta1 or v1alpha3"),
         ));
     }
-    let Some(kind) = Kind::parse(&kind_name) else {
+    let Some(kind) = Kind::of(group, &kind_name) else {
         let message = match kind_name.as_str() {
             "Sidecar" | "EnvoyFilter" | "WorkloadGroup" | "ProxyConfig" => {
                 format!("{kind_name} {meta_name} is not supported by this gateway; skipped")
@@ -278,6 +322,28 @@ fn read_document(
         Kind::WorkloadEntry => {
             let e: Envelope<WorkloadEntrySpec> = doc.decode().map_err(|e| decode_err(origin, e))?;
             (e.metadata, Spec::WorkloadEntry(e.spec.unwrap_or_default()))
+        }
+        Kind::KubeGateway => {
+            let e: Envelope<KubeGatewaySpec> = doc.decode().map_err(|e| decode_err(origin, e))?;
+            match e.spec {
+                Some(s) => (e.metadata, Spec::KubeGateway(s)),
+                None => {
+                    return Err(one(
+                        origin,
+                        "spec",
+                        "spec.gatewayClassName is required".into(),
+                    ))
+                }
+            }
+        }
+        Kind::TcpRoute => {
+            let e: Envelope<KubeTcpRouteSpec> = doc.decode().map_err(|e| decode_err(origin, e))?;
+            (e.metadata, Spec::TcpRoute(e.spec.unwrap_or_default()))
+        }
+        Kind::ReferenceGrant => {
+            let e: Envelope<ReferenceGrantSpec> =
+                doc.decode().map_err(|e| decode_err(origin, e))?;
+            (e.metadata, Spec::ReferenceGrant(e.spec.unwrap_or_default()))
         }
     };
 

@@ -11,6 +11,52 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// Unsupported-but-harmless settings and other things worth a look.
     pub warnings: Vec<Diagnostic>,
+    /// The Gateway API's status of each route and Gateway this gateway
+    /// serves, as its spec defines it.
+    pub status: Vec<Status>,
+}
+
+/// A Gateway API resource's status: a TCPRoute's per parent
+/// (`status.parents[]`), a Gateway's own (`status.conditions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub resource: super::ResourceId,
+    /// For a route, the parent: `Gateway ns/name` and the parentRef's
+    /// sectionName / port as written.
+    pub parent: Option<String>,
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.resource)?;
+        if let Some(p) = &self.parent {
+            write!(f, " on {p}")?;
+        }
+        f.write_str(":")?;
+        for c in &self.conditions {
+            write!(
+                f,
+                " {}={} ({})",
+                c.kind,
+                if c.status { "True" } else { "False" },
+                c.reason
+            )?;
+            if !c.message.is_empty() {
+                write!(f, " {}", c.message)?;
+            }
+            f.write_str(";")?;
+        }
+        Ok(())
+    }
 }
 
 /// A TCP port the gateway accepts connections on.
@@ -28,12 +74,17 @@ pub struct Listener {
     /// is, so a port the system refuses can be blamed on the right field.
     pub origin: Origin,
     pub server: usize,
+    /// That port's field, for errors: `spec.servers[0].port.number` or
+    /// `spec.listeners[0].port`.
+    pub port_field: String,
     pub route: TcpRoute,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpRoute {
-    /// The VirtualService it came from, `namespace/name`.
+    /// `VirtualService` or `TcpRoute`.
+    pub kind: super::Kind,
+    /// The VirtualService (or TCPRoute) it came from, `namespace/name`.
     pub virtual_service: String,
     /// Index of the rule in the VirtualService's `spec.tcp`.
     pub rule: usize,
@@ -54,7 +105,9 @@ pub struct WeightedCluster {
 pub struct Cluster {
     /// `outbound|PORT|SUBSET|HOST`, e.g. `outbound|9000|v1|tcp-echo.ns.svc.cluster.local`.
     pub name: String,
-    /// Never empty.
+    /// Empty only where none can be: a Gateway API backend that is
+    /// missing or refused, or a Kubernetes Service without ready pods;
+    /// connections there are refused (`UH`).
     pub endpoints: Vec<Endpoint>,
     pub lb: LbPolicy,
     /// `connectionPool.tcp.connectTimeout`; Istio's default is 10s.
@@ -116,6 +169,8 @@ pub struct Agent {
     /// destination with none is served, its connections refused (`UH`), and
     /// warned about, where a hand-written config is refused instead.
     pub live_endpoints: bool,
+    /// The Gateway API GatewayClass whose Gateways this gateway serves.
+    pub gateway_class: String,
 }
 
 impl Default for Agent {
@@ -126,6 +181,7 @@ impl Default for Agent {
             namespace: "istio-system".to_string(),
             reserved_ports: BTreeMap::new(),
             live_endpoints: false,
+            gateway_class: super::DEFAULT_GATEWAY_CLASS.to_string(),
         }
     }
 }

@@ -1122,7 +1122,10 @@ metadata:
     assert!(notes[0].starts_with("mixed.yaml: document 1: AuthorizationPolicy deny-all"));
     assert!(notes[0].contains("not enforced by this gateway"));
     assert!(notes[1].contains("Sidecar default is not supported"));
-    assert!(notes[2].contains("skipped HTTPRoute web"));
+    assert!(
+        notes[2].contains("HTTPRoute web") && notes[2].contains("not served by this gateway"),
+        "{notes:#?}"
+    );
 }
 
 #[test]

@@ -417,7 +417,9 @@ mod tests {
                 gateway: "ns/gw".into(),
                 origin,
                 server: 0,
+                port_field: "spec.servers[0].port.number".into(),
                 route: TcpRoute {
+                    kind: istio::Kind::VirtualService,
                     virtual_service: "ns/vs".into(),
                     rule: 0,
                     destinations: dests
@@ -430,6 +432,7 @@ mod tests {
                 },
             }],
             warnings: Vec::new(),
+            status: Vec::new(),
         }
     }
 

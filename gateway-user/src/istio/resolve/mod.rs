@@ -6,6 +6,7 @@
 mod cluster;
 mod endpoints;
 mod gateway;
+mod gateway_api;
 mod route;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,8 @@ use super::{
         DestinationRuleSpec, GatewaySpec, Server, ServiceEntrySpec, VirtualServiceSpec,
         WorkloadEntrySpec,
     },
-    validate, Agent, Listener, Resource, Snapshot, Spec,
+    resources::{KubeGatewaySpec, KubeTcpRouteSpec, ReferenceGrantSpec},
+    validate, Agent, Listener, Resource, Snapshot, Spec, Status,
 };
 
 /// Kubernetes' cluster domain, as Istio assumes it for short names.
@@ -35,11 +37,13 @@ pub(crate) fn snapshot(agent: &Agent, resources: &[&Resource]) -> Result<Snapsho
         return Err(ConfigError::Invalid(report.errors));
     }
     let world = World::new(agent, resources);
-    let listeners = world.listeners(&mut report);
+    let mut status = Vec::new();
+    let listeners = world.listeners(&mut status, &mut report);
     let warnings = report.into_result()?;
     Ok(Snapshot {
         listeners,
         warnings,
+        status,
     })
 }
 
@@ -81,6 +85,9 @@ struct World<'a> {
     destination_rules: Vec<(&'a Resource, &'a DestinationRuleSpec)>,
     service_entries: Vec<(&'a Resource, &'a ServiceEntrySpec)>,
     workload_entries: Vec<(&'a Resource, &'a WorkloadEntrySpec)>,
+    kube_gateways: Vec<(&'a Resource, &'a KubeGatewaySpec)>,
+    tcp_routes: Vec<(&'a Resource, &'a KubeTcpRouteSpec)>,
+    reference_grants: Vec<(&'a Resource, &'a ReferenceGrantSpec)>,
 }
 
 /// A server this agent will listen for.
@@ -100,6 +107,9 @@ impl<'a> World<'a> {
             destination_rules: Vec::new(),
             service_entries: Vec::new(),
             workload_entries: Vec::new(),
+            kube_gateways: Vec::new(),
+            tcp_routes: Vec::new(),
+            reference_grants: Vec::new(),
         };
         for r in resources {
             match &r.spec {
@@ -108,12 +118,15 @@ impl<'a> World<'a> {
                 Spec::DestinationRule(s) => w.destination_rules.push((r, &**s)),
                 Spec::ServiceEntry(s) => w.service_entries.push((r, s)),
                 Spec::WorkloadEntry(s) => w.workload_entries.push((r, s)),
+                Spec::KubeGateway(s) => w.kube_gateways.push((r, s)),
+                Spec::TcpRoute(s) => w.tcp_routes.push((r, s)),
+                Spec::ReferenceGrant(s) => w.reference_grants.push((r, s)),
             }
         }
         w
     }
 
-    fn listeners(&self, report: &mut Report) -> Vec<Listener> {
+    fn listeners(&self, status: &mut Vec<Status>, report: &mut Report) -> Vec<Listener> {
         let served = self.served_servers(report);
         self.check_references(report);
         let mut clusters = BTreeMap::new();
@@ -125,8 +138,24 @@ impl<'a> World<'a> {
                     gateway: s.gateway.id.qualified_name(),
                     origin: s.gateway.origin.clone(),
                     server: s.index,
+                    port_field: format!("spec.servers[{}].port.number", s.index),
                     route,
                 });
+            }
+        }
+        let kube = self.kube_listeners(&mut clusters, status, report);
+        for k in kube {
+            match listeners.iter().find(|l| l.port == k.port) {
+                Some(l) => report.error(
+                    &k.origin,
+                    k.port_field.clone(),
+                    format!(
+                        "port {} is already served by Gateway {} (networking.istio.io, {}); \
+                         a port is served by one Gateway",
+                        k.port, l.gateway, l.origin
+                    ),
+                ),
+                None => listeners.push(k),
             }
         }
         listeners.sort_by_key(|l| l.port);

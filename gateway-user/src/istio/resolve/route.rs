@@ -100,6 +100,7 @@ impl<'a> World<'a> {
             return None;
         }
         Some(TcpRoute {
+            kind: crate::istio::Kind::VirtualService,
             virtual_service: vs.id.qualified_name(),
             rule,
             destinations,

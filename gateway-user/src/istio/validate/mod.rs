@@ -7,6 +7,7 @@
 mod checks;
 mod destination_rule;
 mod gateway;
+mod gateway_api;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
@@ -21,5 +22,8 @@ pub(crate) fn resource(r: &Resource, report: &mut Report) {
         Spec::DestinationRule(s) => destination_rule::destination_rule(o, s, report),
         Spec::ServiceEntry(s) => service_entry::service_entry(o, s, report),
         Spec::WorkloadEntry(s) => workload_entry::workload_entry(o, "spec", s, None, true, report),
+        Spec::KubeGateway(s) => gateway_api::gateway(o, s, report),
+        Spec::TcpRoute(s) => gateway_api::tcp_route(o, &r.api_version, s, report),
+        Spec::ReferenceGrant(s) => gateway_api::reference_grant(o, s, report),
     }
 }
