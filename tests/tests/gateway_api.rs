@@ -599,3 +599,66 @@ fn non_tcp_listeners_and_ports_claimed_twice_are_refused() {
     assert_all(agent.addr(PORT), 20, "one");
     agent.stop();
 }
+
+/// Bad Gateway API input is refused as Istio's is: file, document, field;
+/// the running config keeps serving.
+#[test]
+fn bad_gateway_api_input_names_file_document_and_field() {
+    gateway_tests::needs_root!();
+    let dir = TempDir::new("gwapi-bad");
+    let e = Echo::start(loopback(1), "v1");
+    let agent = Agent::start(&dir.path, unique_ip(), &[]);
+    let good = [
+        service("infra", "backend", 3000, e.addr),
+        kube_gateway("infra", "gw", &[("tcp", "TCP", 9300)]),
+        route(
+            "infra",
+            "r",
+            "gw",
+            Some("tcp"),
+            None,
+            &[("backend", 3000, 1)],
+        ),
+    ]
+    .concat();
+    let file = dir.write("good.yaml", &good);
+    agent.apply_ok(&[&file], None);
+    for (name, text, pieces) in [
+        (
+            "weight.yaml",
+            good.replace("weight: 1", "weight: -1"),
+            vec![
+                "weight.yaml: document 3 (TCPRoute infra/r)",
+                "spec.rules[0].backendRefs[0].weight",
+            ],
+        ),
+        (
+            "field.yaml",
+            good.replace("sectionName: tcp", "sectionNmae: tcp"),
+            vec!["field.yaml: document 3", "sectionNmae"],
+        ),
+        (
+            "listeners.yaml",
+            good.replace("port: 9300", "port: 70000"),
+            vec!["listeners.yaml: document 2", "spec.listeners[0].port"],
+        ),
+        (
+            "noport.yaml",
+            good.replace("      port: 3000\n", ""),
+            vec![
+                "noport.yaml: document 3",
+                "spec.rules[0].backendRefs[0].port",
+                "must be set",
+            ],
+        ),
+    ] {
+        let bad = dir.write(name, &text);
+        let out = agent.apply(&[&bad], None);
+        assert!(!out.ok(), "{name}: {out:#?}");
+        for p in pieces {
+            assert!(out.stderr.contains(p), "{name}: {p}: {out:#?}");
+        }
+        assert_all(agent.addr(9300), 10, "v1");
+    }
+    agent.stop();
+}

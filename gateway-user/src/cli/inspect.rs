@@ -262,6 +262,9 @@ fn routes(args: &Args) -> anyhow::Result<()> {
         ],
         &rows,
     );
+    for line in &r.status {
+        println!("status: {line}");
+    }
     Ok(())
 }
 

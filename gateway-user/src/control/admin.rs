@@ -196,6 +196,10 @@ pub struct Response {
     pub connections: Option<Vec<ConnView>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<Vec<RouteView>>,
+    /// With routes: the Gateway API status, a line per route parent and
+    /// Gateway.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<String>,
 }
 
 impl Response {
@@ -397,7 +401,10 @@ fn query(op: Op, rt: &Runtime) -> Response {
     };
     match op {
         Op::Connections => r.connections = Some(rt.dp.connections()),
-        _ => r.routes = Some(table.views()),
+        _ => {
+            r.routes = Some(table.views());
+            r.status = table.status.clone();
+        }
     }
     r
 }

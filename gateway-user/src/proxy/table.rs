@@ -29,6 +29,9 @@ pub struct Table {
     routes: BTreeMap<u16, Arc<Route>>,
     /// By name, so the next table can carry their state over.
     clusters: HashMap<String, Arc<ClusterRt>>,
+    /// The Gateway API status of the config it was built from, one line
+    /// per route parent and Gateway (`gateway inspect routes`).
+    pub status: Vec<String>,
 }
 
 /// A listener's route: Envoy's weighted clusters.
@@ -167,6 +170,7 @@ impl Table {
             generation,
             routes,
             clusters,
+            status: snapshot.status.iter().map(ToString::to_string).collect(),
         }
     }
 
@@ -195,6 +199,7 @@ impl Table {
             generation: 1,
             routes: BTreeMap::from([(port, Arc::new(route))]),
             clusters: HashMap::from([(cluster.name.clone(), rt)]),
+            status: Vec::new(),
         }
     }
 
