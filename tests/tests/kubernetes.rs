@@ -344,7 +344,8 @@ fn the_api_server_going_away_and_410_gone_are_survived() {
 }
 
 /// A resource the validator refuses is skipped, named in the log; the rest
-/// keeps serving, and a fix is picked up.
+/// keeps serving, and a fix is picked up; `gateway apply` works beside the
+/// cluster and takes precedence.
 #[test]
 fn a_refused_resource_is_skipped_and_the_rest_served() {
     gateway_tests::needs_root!();
@@ -372,6 +373,35 @@ fn a_refused_resource_is_skipped_and_the_rest_served() {
         "{log}"
     );
     assert_all(addr, 50, "one");
+
+    // The fix is picked up (served beside tcp-echo, which keeps the port).
+    let fixed = c
+        .dir
+        .write("fixed.yaml", &bad.replace("weigth: 100", "weight: 100"));
+    c.api.apply(NS, &[&fixed]);
+    assert!(
+        c.agent
+            .wait_log(
+                &["virtualservices/tcp-echo-typo: no longer refused"],
+                Duration::from_secs(20)
+            )
+            .is_some(),
+        "{:#?}",
+        c.agent.stderr()
+    );
+
+    // The admin socket stays beside the cluster, and what it applies wins.
+    let two = Echo::start(loopback(2), "two");
+    c.pod(pod("tcp-echo-v2-5c4b", V2, &two, true));
+    let out = c
+        .agent
+        .apply_ok(&[&example("tcp-echo-all-v2.yaml")], Some(NS));
+    assert_eq!(
+        out,
+        "virtualservice.networking.istio.io/tcp-echo configured\n"
+    );
+    // Once the new pod's slice is seen, if the apply came first.
+    eventually_all(addr, "two");
     c.agent.stop();
 }
 

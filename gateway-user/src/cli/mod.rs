@@ -76,13 +76,13 @@ pub fn main() -> ExitCode {
             // kube's client logs every failed request as an error; the
             // watch that made it says so once, with what it does next.
             Ok(env) if !env.contains("kube") => tracing_subscriber::EnvFilter::new(format!(
-                "{env},kube_client::client::builder=off"
+                "{env},kube_client::client::builder=off,kube_client::client=error"
             )),
             Ok(env) => tracing_subscriber::EnvFilter::new(env),
             // aya warns when it cannot raise RLIMIT_MEMLOCK (kernels
             // before 5.11); the load error that follows says it in one line.
             Err(_) => tracing_subscriber::EnvFilter::new(
-                "info,aya::sys::bpf=error,kube_client::client::builder=off",
+                "info,aya::sys::bpf=error,kube_client::client::builder=off,kube_client::client=error",
             ),
         })
         .with_writer(std::io::stderr)
