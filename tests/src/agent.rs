@@ -493,6 +493,18 @@ pub fn who_answers(addr: SocketAddr, n: usize, threads: usize) -> BTreeMap<Strin
     counts
 }
 
+/// `got` of `n` connections is within 4 sigma of the binomial mean for a
+/// share `p` (a weighted split is one draw per connection).
+pub fn assert_within_4_sigma(got: usize, n: usize, p: f64, what: &str) {
+    let mean = n as f64 * p;
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    assert!(
+        (got as f64 - mean).abs() <= 4.0 * sigma,
+        "{what} got {got} of {n}, expected {mean} ± {:.0}",
+        4.0 * sigma
+    );
+}
+
 /// `who_answers` must be exactly `n` of `who`.
 pub fn assert_all(addr: SocketAddr, n: usize, who: &str) {
     let counts = who_answers(addr, n, 8);

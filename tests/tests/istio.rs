@@ -122,15 +122,7 @@ fn traffic_shifting_task() {
         n,
         "every connection answered: {counts:?}"
     );
-    let (n_f, p) = (n as f64, 0.2);
-    let sigma = (n_f * p * (1.0 - p)).sqrt();
-    let share = two.unwrap_or(0) as f64;
-    assert!(
-        (share - n_f * p).abs() <= 4.0 * sigma,
-        "v2 got {share} of {n}, expected {} ± {:.0}",
-        n_f * p,
-        4.0 * sigma
-    );
+    gateway_tests::agent::assert_within_4_sigma(two.unwrap_or(0), n, 0.2, "v2");
     let stats = agent.sample();
     assert_eq!(
         cluster(&stats, "v2", 9000),

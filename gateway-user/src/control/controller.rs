@@ -284,7 +284,7 @@ impl Controller {
                 Ok(listener) => fresh.push((l, addr, listener)),
                 Err(e) => problems.push(Diagnostic::new(
                     Some(&l.origin),
-                    l.port_field.clone(),
+                    l.port_field(),
                     format!("cannot listen on {addr}: {e}"),
                 )),
             }

@@ -304,13 +304,15 @@ fn watch<K>(
                     e
                 }
             };
-            let apply = |o: K| convert(o.clone()).map(|obj| (key(&o), obj));
             let event = match event {
                 watcher::Event::Init => Event::Init,
-                watcher::Event::InitApply(o) => match apply(o) {
-                    Some((k, obj)) => Event::InitApply(k, obj),
-                    None => continue,
-                },
+                watcher::Event::InitApply(o) => {
+                    let k = key(&o);
+                    match convert(o) {
+                        Some(obj) => Event::InitApply(k, obj),
+                        None => continue,
+                    }
+                }
                 watcher::Event::InitDone => Event::InitDone,
                 watcher::Event::Apply(o) => {
                     let k = key(&o);
@@ -537,12 +539,11 @@ impl World {
             })
             .collect();
 
+        let no_pods = BTreeMap::new();
         let pods = self
             .watches
             .get(&Watch::Pods)
-            .map(|w| &w.objects)
-            .cloned()
-            .unwrap_or_default();
+            .map_or(&no_pods, |w| &w.objects);
         let mut by_service: BTreeMap<Key, Vec<&Slice>> = BTreeMap::new();
         for ((ns, _), o) in self.objects(Watch::Slices) {
             if let Obj::Slice(s) = o {
@@ -562,11 +563,7 @@ impl World {
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let path = format!("kubernetes:/api/v1/namespaces/{ns}/services/{name}");
-            out.push((
-                path,
-                ns.clone(),
-                service_entry(ns, name, svc, slices, &pods),
-            ));
+            out.push((path, ns.clone(), service_entry(ns, name, svc, slices, pods)));
         }
 
         let mut resources = Vec::new();

@@ -73,11 +73,29 @@ pub struct Listener {
     /// Where that Gateway came from and which of its `spec.servers` this
     /// is, so a port the system refuses can be blamed on the right field.
     pub origin: Origin,
+    /// The index in `spec.servers` (Istio) or `spec.listeners` (Gateway API).
     pub server: usize,
-    /// That port's field, for errors: `spec.servers[0].port.number` or
-    /// `spec.listeners[0].port`.
-    pub port_field: String,
     pub route: TcpRoute,
+}
+
+impl Listener {
+    /// Its port's field in the Gateway, for errors.
+    pub fn port_field(&self) -> String {
+        if self.route.kind == super::Kind::TcpRoute {
+            format!("spec.listeners[{}].port", self.server)
+        } else {
+            format!("spec.servers[{}].port.number", self.server)
+        }
+    }
+
+    /// The Gateway's kind, as messages name it.
+    pub fn gateway_kind(&self) -> super::Kind {
+        if self.route.kind == super::Kind::TcpRoute {
+            super::Kind::KubeGateway
+        } else {
+            super::Kind::Gateway
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

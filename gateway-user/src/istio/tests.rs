@@ -1177,3 +1177,50 @@ fn empty_or_odd_specs() {
         &["l.yaml: document 1: a document must be a mapping"],
     );
 }
+
+#[test]
+fn two_gateway_api_gateways_cannot_share_a_port() {
+    let mut text = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: b
+spec:
+  hosts: [b.istio-io-tcp-traffic-shifting.svc.cluster.local]
+  resolution: STATIC
+  ports: [{number: 3000, name: tcp, protocol: TCP}]
+  endpoints: [{address: 127.0.0.1}]
+",
+    );
+    for g in ["first", "second"] {
+        text.push_str(&format!(
+            "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {g}
+spec:
+  gatewayClassName: istio
+  listeners: [{{name: tcp, protocol: TCP, port: 9300}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata:
+  name: {g}
+spec:
+  parentRefs: [{{name: {g}}}]
+  rules: [{{backendRefs: [{{name: b, port: 3000}}]}}]
+"
+        ));
+    }
+    let batch = parse_ns(&text, "two.yaml");
+    let err = Store::new(Agent::default())
+        .apply(&batch.resources)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains(&format!("(Gateway.gateway.networking.k8s.io {NS}/second): spec.listeners[0].port: port 9300 is already served by Gateway {NS}/first (gateway.networking.k8s.io")),
+        "{err}"
+    );
+}

@@ -422,7 +422,6 @@ mod tests {
                 gateway: "ns/gw".into(),
                 origin,
                 server: 0,
-                port_field: "spec.servers[0].port.number".into(),
                 route: TcpRoute {
                     kind: istio::Kind::VirtualService,
                     virtual_service: "ns/vs".into(),

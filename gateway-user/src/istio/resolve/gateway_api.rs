@@ -218,23 +218,11 @@ impl<'a> World<'a> {
                     ),
                 );
             }
-            let port_field = format!("spec.listeners[{li}].port");
             if let Some(what) = self.agent.reserved_ports.get(&port) {
                 report.error(
                     &gw.origin,
-                    port_field,
+                    format!("spec.listeners[{li}].port"),
                     format!("port {port} is reserved by this gateway for {what}"),
-                );
-                continue;
-            }
-            if let Some(other) = listeners.iter().find(|o: &&Listener| o.port == port) {
-                report.error(
-                    &gw.origin,
-                    port_field,
-                    format!(
-                        "port {port} is already served by Gateway {} ({})",
-                        other.gateway, other.origin
-                    ),
                 );
                 continue;
             }
@@ -249,7 +237,6 @@ impl<'a> World<'a> {
                 gateway: gw.id.qualified_name(),
                 origin: gw.origin.clone(),
                 server: *li,
-                port_field,
                 route: TcpRoute {
                     kind: crate::istio::Kind::TcpRoute,
                     virtual_service: winner.id.qualified_name(),

@@ -138,21 +138,23 @@ impl<'a> World<'a> {
                     gateway: s.gateway.id.qualified_name(),
                     origin: s.gateway.origin.clone(),
                     server: s.index,
-                    port_field: format!("spec.servers[{}].port.number", s.index),
                     route,
                 });
             }
         }
-        let kube = self.kube_listeners(&mut clusters, status, report);
-        for k in kube {
+        // A port is served by one Gateway, whichever API it comes from.
+        for k in self.kube_listeners(&mut clusters, status, report) {
             match listeners.iter().find(|l| l.port == k.port) {
                 Some(l) => report.error(
                     &k.origin,
-                    k.port_field.clone(),
+                    k.port_field(),
                     format!(
-                        "port {} is already served by Gateway {} (networking.istio.io, {}); \
-                         a port is served by one Gateway",
-                        k.port, l.gateway, l.origin
+                        "port {} is already served by {} {} ({}, {}); a port is served by one Gateway",
+                        k.port,
+                        l.gateway_kind().kind_field(),
+                        l.gateway,
+                        l.gateway_kind().group(),
+                        l.origin
                     ),
                 ),
                 None => listeners.push(k),
