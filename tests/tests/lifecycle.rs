@@ -399,12 +399,18 @@ fn a_peer_fin_during_insertion_loses_nothing() {
 
 /// Waits until the gateway relays nothing; returns its counters then.
 fn settled(gw: &Gateway) -> serde_json::Value {
+    // A connection leaves the active count just before its sockets close
+    // (so no reader sees a reused descriptor): wait for the descriptors to
+    // stay put too.
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_fds = None;
     loop {
         let s = gw.sample();
-        if counter(&s, "connections_active") == 0 {
+        let fds = counter(&s, "open_fds");
+        if counter(&s, "connections_active") == 0 && last_fds == Some(fds) {
             return s;
         }
+        last_fds = Some(fds);
         assert!(Instant::now() < deadline, "connections never finished: {s}");
         thread::sleep(Duration::from_millis(100));
     }
