@@ -97,10 +97,12 @@ fn metrics_and_access_log_count_what_the_clients_did() {
 
     let ok = v1("-");
     // The gateway counts a write once it returns, which can be just after
-    // the client read the bytes: wait for the counters to catch up, then
-    // check that they are exact.
+    // the client read the bytes, and a close once the connection's sockets
+    // are closed, which can be just after the client saw its FIN: wait for
+    // the counters to catch up, then check that they are exact.
     let samples = scrape_until(&agent, |s| {
         sum(s, "istio_tcp_connections_closed_total", &ok) == n as f64
+            && sum(s, "gateway_connections_active", &[]) == 1.0
             && sum(s, "istio_tcp_received_bytes_total", &ok) >= from_clients as f64
             && sum(s, "istio_tcp_sent_bytes_total", &ok) >= to_clients as f64
     });

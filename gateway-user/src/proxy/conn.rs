@@ -21,7 +21,7 @@ use crate::{
     istio::{Address, Cluster, Endpoint},
     telemetry::{
         access,
-        conns::{rfc3339, Live, Upstream, FROM_CLIENT, TO_CLIENT},
+        conns::{rfc3339, Live, Registration, Upstream, FROM_CLIENT, TO_CLIENT},
         metrics::NO_FLAGS,
         Stats,
     },
@@ -61,7 +61,7 @@ pub async fn serve(
             // Dropping the client closes it now, rather than leaving it
             // waiting.
             drop(client);
-            finished(&rt, &conn.live, Some(&cluster.config), failure, None);
+            finished(&rt, conn, Some(&cluster.config), failure, None);
             return;
         }
     };
@@ -85,7 +85,7 @@ pub async fn serve(
         Some(idle) => Box::pin(relay_watched(&rt, client, backend, idle, &conn.live)).await,
     };
     let flags = if idle { flags::DT } else { NO_FLAGS };
-    finished(&rt, &conn.live, None, flags, Some(&end));
+    finished(&rt, conn, None, flags, Some(&end));
 }
 
 /// A connection accepted on a port whose route had just gone: counted and
@@ -96,7 +96,7 @@ pub fn unrouted(rt: &Runtime, client: TcpStream, peer: SocketAddr, port: u16) {
         .conns()
         .register(peer, local_addr(&client, port), "-".into());
     drop(client);
-    finished(rt, &conn.live, None, flags::NR, None);
+    finished(rt, conn, None, flags::NR, None);
 }
 
 /// The gateway's address of `client`'s connection.
@@ -108,7 +108,18 @@ fn local_addr(client: &TcpStream, port: u16) -> SocketAddr {
 
 /// The connection is over: its last bytes into Istio's counters, its close
 /// counted under the flags it ended with, and its access log line.
-fn finished(rt: &Runtime, live: &Live, cluster: Option<&Cluster>, flags: &str, end: Option<&End>) {
+///
+/// Its record leaves the registry first, so a scrape that counts it closed
+/// no longer counts it active (opened - closed = active, as a user checks).
+fn finished(
+    rt: &Runtime,
+    conn: Registration,
+    cluster: Option<&Cluster>,
+    flags: &str,
+    end: Option<&End>,
+) {
+    let live = conn.live.clone();
+    drop(conn);
     match end {
         Some(End::Reset(e)) => tracing::debug!(conn = live.id, error = %e, "connection reset"),
         Some(End::Aborted(why)) => tracing::warn!(conn = live.id, "connection aborted: {why}"),
