@@ -12,6 +12,10 @@ The front exists because kmock differs from a real API server where they
 depend on it (kube-runtime's watcher relists on the first two):
   - objects carry no metadata.resourceVersion, and a list's is "...": the
     front stamps every object it passes with a rising resourceVersion;
+  - writes have no optimistic concurrency: the front keeps each object's
+    resourceVersion as of its last write (what a GET of it returns) and
+    answers 409 Conflict to a PATCH naming another, as a real server does
+    (the gateway's Lease election and status writes rely on it);
   - a list has no `kind` (e.g. ServiceList): the front adds it;
   - the core group's discovery names itself "/v1", which kubectl cannot
     map: the front says "v1";
@@ -61,12 +65,15 @@ async def emulator(port):
                                        ("referencegrants", "ReferenceGrant", ("v1", "v1beta1"))):
             for version in versions:
                 kinds[f"gateway.networking.k8s.io/{version}/{plural}"] = (kind, True)
+        for version in ("v1", "v1beta1"):
+            kinds[f"gateway.networking.k8s.io/{version}/gatewayclasses"] = ("GatewayClass", False)
         kinds.update({
             "v1/namespaces": ("Namespace", False),
             "v1/services": ("Service", True),
             "v1/pods": ("Pod", True),
             "discovery.k8s.io/v1/endpointslices": ("EndpointSlice", True),
             "apps/v1/deployments": ("Deployment", True),
+            "coordination.k8s.io/v1/leases": ("Lease", True),
         })
         for resource, (kind, namespaced) in kinds.items():
             k.resources[resource] = {"kind": kind, "namespaced": namespaced, "verbs": VERBS}
@@ -82,6 +89,9 @@ class Front:
         self.watches = set()
         self.kinds = {}
         self.requests = []
+        # Object path -> its resourceVersion as of its last write.
+        self.versions = {}
+        self.writing = asyncio.Lock()
 
     def stamp(self, obj):
         self.latest = next(self.rv)
@@ -123,7 +133,62 @@ class Front:
             q.put_nowait("expire")
         return web.json_response({"expired": n})
 
+    @staticmethod
+    def object_key(request, body):
+        """The path of the object a request reads or writes, without its
+        subresource; None for lists and watches."""
+        parts = request.path.rstrip("/").split("/")
+        if parts[-1] == "status":
+            parts = parts[:-1]
+        offset = 3 if parts[1] == "api" else 4  # /api/v1/..., /apis/g/v/...
+        rest = parts[offset:]
+        if rest[:1] == ["namespaces"]:
+            rest = rest[2:]
+        if request.method == "POST" and len(rest) == 1:
+            try:
+                name = json.loads(body)["metadata"]["name"]
+            except (ValueError, KeyError, TypeError):
+                return None
+            return "/".join(parts + [name])
+        return "/".join(parts) if len(rest) == 2 else None
+
+    @staticmethod
+    def conflict(key):
+        return web.json_response({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "Conflict", "code": 409,
+            "message": f"Operation cannot be fulfilled on {key}: the object has been modified; "
+                       "please apply your changes to the latest version and try again"},
+            status=409)
+
     async def handle(self, request):
+        key = None
+        if request.query.get("watch") not in ("1", "true") and not request.path.startswith("/_front/"):
+            key = self.object_key(request, await request.read())
+        if key is not None and request.method in ("PATCH", "POST", "PUT", "DELETE"):
+            async with self.writing:
+                try:
+                    wanted = json.loads(await request.read())["metadata"]["resourceVersion"]
+                except (ValueError, KeyError, TypeError):
+                    wanted = None
+                if wanted is not None and wanted != self.versions.get(key):
+                    self.requests.append({"method": request.method, "path": request.path,
+                                          "watch": False,
+                                          "agent": request.headers.get("User-Agent", ""),
+                                          "conflict": True})
+                    return self.conflict(key)
+                response = await self.forward(request, key)
+                if response.status in (200, 201) and request.method != "DELETE":
+                    self.versions[key] = str(next(self.rv))
+                    doc = json.loads(response.body)
+                    doc.setdefault("metadata", {})["resourceVersion"] = self.versions[key]
+                    return web.json_response(doc, status=response.status)
+                if request.method == "DELETE":
+                    self.versions.pop(key, None)
+                return response
+        return await self.forward(request, key)
+
+    async def forward(self, request, key):
         if request.path == "/_front/expire":
             return await self.expire(request)
         if request.path == "/_front/requests":
@@ -162,6 +227,11 @@ class Front:
                     doc["metadata"] = {"resourceVersion": str(self.latest)}
                 elif isinstance(doc, dict) and doc.get("kind") == "APIResourceList":
                     doc["groupVersion"] = doc.get("groupVersion", "").lstrip("/")
+                elif isinstance(doc, dict) and "metadata" in doc and key is not None:
+                    self.latest = max(self.latest, int(self.versions.setdefault(key, str(next(self.rv)))))
+                    doc["metadata"]["resourceVersion"] = self.versions[key]
+                    if self.metadata_only(request):
+                        doc = self.reduce(doc)
                 elif isinstance(doc, dict) and "metadata" in doc:
                     self.stamp(doc)
                     if self.metadata_only(request):

@@ -161,14 +161,12 @@ fn the_gateway_api_task_step_by_step() {
     assert_eq!(
         out.stdout,
         "gateway.gateway.networking.k8s.io/tcp-echo-gateway created\n\
+         service/tcp-echo-v1 created\n\
+         service/tcp-echo-v2 created\n\
          tcproute.gateway.networking.k8s.io/tcp-echo created\n"
     );
-    // The Services are the cluster's; without one they are skipped, said so.
-    assert!(
-        out.stderr
-            .contains("skipped Kubernetes Service tcp-echo-v1"),
-        "{out:#?}"
-    );
+    // The Services' hosts are the ServiceEntries': nothing to warn of.
+    assert!(!out.stderr.contains("Warning"), "{out:#?}");
     assert_all(addr, 50, "one");
 
     let mut before = Held::open(addr);
@@ -198,6 +196,140 @@ fn the_gateway_api_task_step_by_step() {
     assert!(TcpStream::connect(addr).is_err(), "the port closes");
     assert_eq!(before.who("after cleanup"), "one");
     drop((before, during));
+    agent.stop();
+}
+
+/// The example EndpointSlices with v1 and v2 at `backends`, and v1's
+/// endpoint marked `ready` as given.
+fn slices_yaml(backends: &Backends, v1_ready: bool) -> String {
+    let text = read(&example("gateway-api/tcp-echo-endpointslices.yaml"));
+    let (v1, v2) = (backends.v1.addr, backends.v2.addr);
+    let mut out = String::new();
+    let mut which = None;
+    for line in text.lines() {
+        match line.trim() {
+            "kubernetes.io/service-name: tcp-echo-v1" => which = Some(v1),
+            "kubernetes.io/service-name: tcp-echo-v2" => which = Some(v2),
+            _ => {}
+        }
+        let at = || which.expect("a slice names its Service before its endpoints");
+        let line = match line.trim() {
+            "port: 9000" => line.replace("9000", &at().port().to_string()),
+            "- addresses: [\"127.0.0.1\"]" | "- addresses: [\"127.0.0.2\"]" => {
+                format!("- addresses: [\"{}\"]", at().ip())
+            }
+            "ready: true" if at() == v1 => line.replace("true", &v1_ready.to_string()),
+            _ => line.to_string(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert_eq!(
+        out.matches("addresses:").count(),
+        2,
+        "slices layout changed"
+    );
+    out
+}
+
+/// In file mode the task's own Services take their endpoints from
+/// EndpointSlice documents, as in a cluster: the 80/20 step within 4
+/// sigma, then v1's endpoint unready sends every new connection to v2,
+/// while one already open stays where it is.
+#[test]
+fn endpoint_slices_give_the_task_services_their_endpoints() {
+    gateway_tests::needs_root!();
+    let dir = TempDir::new("gwapi-slices");
+    let backends = Backends::start();
+    let agent = Agent::start(&dir.path, unique_ip(), &[]);
+    let addr = agent.addr(PORT);
+    let slices = dir.write("slices.yaml", &slices_yaml(&backends, true));
+    let out = agent.apply(&[&slices, &task_file("tcp-echo-all-v1.yaml")], Some(NS));
+    assert!(out.ok(), "{out:#?}");
+    assert!(
+        out.stdout
+            .starts_with("endpointslice.discovery.k8s.io/tcp-echo-v1-local created\n"),
+        "{out:#?}"
+    );
+    assert!(!out.stderr.contains("Warning"), "{out:#?}");
+    assert_all(addr, 20, "one");
+    agent.apply_ok(&[&task_file("tcp-echo-20-v2.yaml")], Some(NS));
+    let n = 2000;
+    let counts = who_answers(addr, n, 16);
+    let two = counts.get("two").copied().unwrap_or(0);
+    assert_eq!(
+        counts.get("one").copied().unwrap_or(0) + two,
+        n,
+        "{counts:?}"
+    );
+    gateway_tests::agent::assert_within_4_sigma(two, n, 0.2, "v2");
+
+    let mut held = Held::open(addr);
+    let was = loop {
+        // A v1 connection to keep open across the change.
+        let who = held.who("held");
+        if who == "one" {
+            break who;
+        }
+        held = Held::open(addr);
+    };
+    let unready = dir.write("unready.yaml", &slices_yaml(&backends, false));
+    assert_eq!(
+        agent.apply_ok(&[&unready], Some(NS)),
+        "endpointslice.discovery.k8s.io/tcp-echo-v1-local configured\n\
+         endpointslice.discovery.k8s.io/tcp-echo-v2-local unchanged\n"
+    );
+    // v1 keeps its weight and has no ready endpoint: its 80% is refused,
+    // as a Service with no ready pods refuses in a cluster.
+    let counts = answers(addr, 200);
+    assert!(!counts.contains_key("one"), "{counts:?}");
+    assert!(counts.get("two").copied().unwrap_or(0) > 0, "{counts:?}");
+    assert_eq!(held.who("after unready"), was);
+    agent.stop();
+}
+
+/// A GatewayClass naming this gateway's controller makes its Gateways this
+/// gateway's, whatever the class is called; validate shows it Accepted.
+#[test]
+fn a_gateway_class_of_this_controller_is_served() {
+    gateway_tests::needs_root!();
+    let dir = TempDir::new("gwapi-class");
+    let backends = Backends::start();
+    let agent = Agent::start(&dir.path, unique_ip(), &[]);
+    let addr = agent.addr(PORT);
+    let slices = dir.write("slices.yaml", &slices_yaml(&backends, true));
+    let task = dir.write(
+        "all-v1.yaml",
+        &read(&task_file("tcp-echo-all-v1.yaml"))
+            .replace("gatewayClassName: istio", "gatewayClassName: ebpf"),
+    );
+    let out = agent.apply(&[&slices, &task], Some(NS));
+    assert!(out.ok(), "{out:#?}");
+    assert!(
+        out.stderr.contains("class \"ebpf\" is not this gateway's"),
+        "{out:#?}"
+    );
+    assert!(TcpStream::connect(addr).is_err());
+    let class = dir.write(
+        "class.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: ebpf
+spec:
+  controllerName: ebpf-gateway.dev/gateway-controller
+",
+    );
+    assert_eq!(
+        agent.apply_ok(&[&class], Some(NS)),
+        "gatewayclass.gateway.networking.k8s.io/ebpf created\n"
+    );
+    assert_all(addr, 20, "one");
+    let out = validate(&[&class]);
+    assert!(
+        status_line(&out, &["GatewayClass ebpf:"]).contains("Accepted=True (Accepted)"),
+        "{out}"
+    );
     agent.stop();
 }
 

@@ -576,15 +576,21 @@ fn validate_checks_offline() {
         NS,
     ]);
     assert!(out.ok(), "{out:#?}");
-    assert!(out.stdout.contains("6 resource(s)"), "{out:#?}");
+    assert!(out.stdout.contains("7 resource(s)"), "{out:#?}");
     assert!(
         out.stdout.contains(&format!(
             "port 31400: Gateway {NS}/tcp-echo-gateway, VirtualService {NS}/tcp-echo -> outbound|9000|v1|{FQDN} 100%"
         )),
         "{out:#?}"
     );
-    // The Kubernetes documents are skipped, with a warning each.
-    assert_eq!(out.stderr.matches("Warning: ").count(), 3, "{out:#?}");
+    // The Service is read (the endpoints' ServiceEntry serves its host);
+    // the Deployments are skipped, with a warning each.
+    assert_eq!(out.stderr.matches("Warning: ").count(), 2, "{out:#?}");
+    assert_eq!(
+        out.stderr.matches("Deployment tcp-echo-v").count(),
+        2,
+        "{out:#?}"
+    );
 
     let bad = dir.write(
         "bad.yaml",

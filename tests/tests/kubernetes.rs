@@ -209,6 +209,220 @@ fn the_gateway_api_task_through_the_api_server() {
     c.agent.stop();
 }
 
+fn gateway_api_file(f: &str) -> std::path::PathBuf {
+    gateway_tests::agent::workspace()
+        .join("gateway-user/src/istio/testdata/gateway-api")
+        .join(f)
+}
+
+const CONTROLLER: &str = "ebpf-gateway.dev/gateway-controller";
+/// The task's TCPRoutes are v1alpha2; kmock keeps an object at the
+/// version it was written in only (a real API server serves it at all).
+const TCPROUTES: &str = "tcproutes.v1alpha2.gateway.networking.k8s.io";
+
+/// The object at API path `path` (`kubectl get --raw`, which needs no
+/// discovery), once `ok` holds of it.
+fn eventually_object(
+    api: &ApiServer,
+    path: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = api.kubectl(&["get", "--raw", path]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: not within 20 s: {what}: {out:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn gw_api_path(version: &str, plural: &str, name: &str) -> String {
+    format!("/apis/gateway.networking.k8s.io/{version}/namespaces/{NS}/{plural}/{name}")
+}
+
+/// This controller's entry of a route's `status.parents`.
+fn our_parent(route: &serde_json::Value) -> Option<&serde_json::Value> {
+    route["status"]["parents"]
+        .as_array()?
+        .iter()
+        .find(|p| p["controllerName"] == CONTROLLER)
+}
+
+fn condition<'a>(conditions: &'a serde_json::Value, kind: &str) -> (&'a str, &'a str) {
+    conditions
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == kind))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .unwrap_or(("", ""))
+}
+
+/// The Gateway API status reaches the cluster's objects, written by one
+/// of two agents (the Lease's holder); another controller's entry in a
+/// route's status stays; when the writer stops, the other agent takes the
+/// Lease over and writes the next change.
+#[test]
+fn gateway_api_status_is_written_to_the_cluster_by_one_agent() {
+    gateway_tests::needs_root!();
+    let one = Echo::start(loopback(1), "one");
+    let c = Cluster::start("kube-status", &[]);
+    let dir = TempDir::new("kube-status-b");
+    let kubeconfig = c.api.kubeconfig.to_str().expect("utf-8").to_string();
+    let b = Agent::start(
+        &dir.path,
+        unique_ip(),
+        &["--source", "kubernetes", "--kubeconfig", &kubeconfig],
+    );
+    c.pod(Pod {
+        name: "tcp-echo-v1-7d9f",
+        labels: V1,
+        service: "tcp-echo-v1",
+        addr: one.addr,
+        ready: true,
+    });
+    // The route first, with another controller's status on it, then its
+    // Gateway: this gateway's entry joins the other's.
+    let text = read(&gateway_api_file("tcp-echo-all-v1.yaml"));
+    let (gateway, rest) = text.split_once("\n---\n").expect("the Gateway comes first");
+    let route_only = c.dir.write("route.yaml", rest);
+    c.api.apply(NS, &[&route_only]);
+    let other = r#"{"status":{"parents":[{"parentRef":{"name":"elsewhere"},"controllerName":"example.net/other","conditions":[]}]}}"#;
+    let out = c.api.kubectl(&[
+        "patch",
+        TCPROUTES,
+        "tcp-echo",
+        "-n",
+        NS,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        other,
+    ]);
+    assert!(out.ok(), "{out:#?}");
+    let gateway_file = c.dir.write("gateway.yaml", gateway);
+    c.api.apply(NS, &[&gateway_file]);
+    eventually_all(c.agent.addr(PORT), "one");
+    eventually_all(b.addr(PORT), "one");
+
+    let route = eventually_object(
+        &c.api,
+        &gw_api_path("v1alpha2", "tcproutes", "tcp-echo"),
+        "our parent entry",
+        |r| our_parent(r).is_some(),
+    );
+    let ours = our_parent(&route).expect("our entry");
+    assert_eq!(ours["parentRef"]["name"], "tcp-echo-gateway", "{route:#}");
+    assert_eq!(ours["parentRef"]["sectionName"], "tcp-31400", "{route:#}");
+    assert_eq!(
+        condition(&ours["conditions"], "Accepted"),
+        ("True", "Accepted")
+    );
+    assert_eq!(
+        condition(&ours["conditions"], "ResolvedRefs"),
+        ("True", "ResolvedRefs")
+    );
+    let parents = route["status"]["parents"].as_array().expect("parents");
+    assert_eq!(
+        parents.len(),
+        2,
+        "the other controller's entry stays: {route:#}"
+    );
+    assert!(parents
+        .iter()
+        .any(|p| p["controllerName"] == "example.net/other"));
+
+    let gw = eventually_object(
+        &c.api,
+        &gw_api_path("v1", "gateways", "tcp-echo-gateway"),
+        "Programmed",
+        |g| condition(&g["status"]["conditions"], "Programmed").0 == "True",
+    );
+    assert_eq!(
+        condition(&gw["status"]["conditions"], "Accepted"),
+        ("True", "Accepted")
+    );
+    let listener = &gw["status"]["listeners"][0];
+    assert_eq!(listener["name"], "tcp-31400", "{gw:#}");
+    assert_eq!(listener["attachedRoutes"], 1, "{gw:#}");
+    assert_eq!(listener["supportedKinds"][0]["kind"], "TCPRoute", "{gw:#}");
+    assert_eq!(
+        condition(&listener["conditions"], "Programmed"),
+        ("True", "Programmed")
+    );
+
+    // One writer: the agent that started first took the Lease.
+    let leading = "writing the Gateway API status";
+    assert!(c
+        .agent
+        .wait_log(&[leading], Duration::from_secs(5))
+        .is_some());
+    assert!(b
+        .wait_log(
+            &["another agent writes the Gateway API status"],
+            Duration::from_secs(5)
+        )
+        .is_some());
+    assert_eq!(b.count_log(&["status written"], 0, Duration::ZERO), 0);
+    let writers: std::collections::BTreeSet<String> = c
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "PATCH" && r["path"].as_str().unwrap_or("").ends_with("/status"))
+        .filter(|r| !r["agent"].as_str().unwrap_or("").starts_with("kubectl"))
+        .map(|r| r["path"].to_string())
+        .collect();
+    assert!(!writers.is_empty(), "no status PATCH");
+
+    // The writer stops and gives the Lease up; the other takes over and
+    // writes what changes next: a backend that does not exist.
+    c.agent.stop();
+    assert!(
+        b.wait_log(&[leading], Duration::from_secs(10)).is_some(),
+        "{:#?}",
+        b.stderr()
+    );
+    let missing = c.dir.write(
+        "missing.yaml",
+        &read(&gateway_api_file("tcp-echo-20-v2.yaml"))
+            .replace("name: tcp-echo-v2", "name: tcp-echo-v3"),
+    );
+    c.api.apply(NS, &[&missing]);
+    let route = eventually_object(
+        &c.api,
+        &gw_api_path("v1alpha2", "tcproutes", "tcp-echo"),
+        "BackendNotFound",
+        |r| {
+            our_parent(r)
+                .is_some_and(|p| condition(&p["conditions"], "ResolvedRefs").1 == "BackendNotFound")
+        },
+    );
+    let ours = our_parent(&route).expect("our entry");
+    assert_eq!(condition(&ours["conditions"], "ResolvedRefs").0, "False");
+    assert_eq!(
+        condition(&ours["conditions"], "Accepted"),
+        ("True", "Accepted")
+    );
+    let lease = c.api.kubectl(&[
+        "get",
+        "--raw",
+        "/apis/coordination.k8s.io/v1/namespaces/default/leases/gateway-status-istio",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&lease.stdout).unwrap_or_default();
+    assert_eq!(v["spec"]["leaseTransitions"], 1, "{lease:#?}");
+    b.stop();
+}
+
 /// Endpoints follow the pods: a pod that turns unready leaves its subset,
 /// one that turns ready joins, a relabelled pod moves to the other subset;
 /// none of it touches connections already open.
@@ -395,9 +609,9 @@ fn a_refused_resource_is_skipped_and_the_rest_served() {
     c.agent.stop();
 }
 
-/// The ClusterRole in manifests/deploy/rbac.yaml allows every call the
-/// agent made here, and the agent made a call under every rule: the role is
-/// neither short of what the code does nor wider than it.
+/// The ClusterRole and the Role in manifests/deploy/rbac.yaml allow every
+/// call the agent made here, and the agent made a call under every rule:
+/// the roles are neither short of what the code does nor wider than it.
 #[test]
 fn the_cluster_role_matches_the_calls_the_agent_makes() {
     gateway_tests::needs_root!();
@@ -406,6 +620,46 @@ fn the_cluster_role_matches_the_calls_the_agent_makes() {
     c.pod(pod("tcp-echo-v1-7d9f", V1, &one, true));
     c.api.apply(NS, &[&seed("tcp-echo-all-v1.yaml")]);
     eventually_all(c.agent.addr(PORT), "one");
+    // The Gateway API's kinds, and a GatewayClass of this controller, so
+    // that every status is written: on another port, beside Istio's.
+    let class = c.dir.write(
+        "class.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata:\n  name: ebpf\nspec:\n  controllerName: {CONTROLLER}\n"
+        ),
+    );
+    let task = c.dir.write(
+        "gwapi.yaml",
+        &read(&gateway_api_file("tcp-echo-all-v1.yaml"))
+            .replace("gatewayClassName: istio", "gatewayClassName: ebpf")
+            .replace("port: 31400", "port: 31401"),
+    );
+    c.api.apply(NS, &[&class, &task]);
+    let gc = eventually_object(
+        &c.api,
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses/ebpf",
+        "Accepted",
+        |g| condition(&g["status"]["conditions"], "Accepted").0 == "True",
+    );
+    assert_eq!(gc["status"]["conditions"][0]["reason"], "Accepted");
+    eventually_object(
+        &c.api,
+        &gw_api_path("v1alpha2", "tcproutes", "tcp-echo"),
+        "our parent entry",
+        |r| our_parent(r).is_some(),
+    );
+    eventually_object(
+        &c.api,
+        &gw_api_path("v1", "gateways", "tcp-echo-gateway"),
+        "status",
+        |g| !g["status"]["listeners"].is_null(),
+    );
+    // The Lease renewed at least once, as well as created.
+    eventually(Duration::from_secs(10), "a Lease renewal", || {
+        c.api.requests().iter().any(|r| {
+            r["method"] == "PATCH" && r["path"].as_str().unwrap_or("").contains("/leases/")
+        })
+    });
 
     let rbac = read(&gateway_tests::agent::workspace().join("manifests/deploy/rbac.yaml"));
     let rules = cluster_role_rules(&rbac);
@@ -427,7 +681,9 @@ fn the_cluster_role_matches_the_calls_the_agent_makes() {
             ("GET", Some(true), _) => "watch",
             ("GET", _, false) => "list",
             ("GET", _, true) => "get",
-            (m, _, _) => panic!("the agent wrote to the API: {m} {path}"),
+            ("PATCH", _, true) => "patch",
+            ("POST", _, false) => "create",
+            (m, _, _) => panic!("the agent made a call no rule could allow: {m} {path}"),
         };
         calls.push(format!("{verb} {group}/{resource}"));
         let rule = rules.iter().position(|(g, res, verbs)| {
@@ -435,7 +691,7 @@ fn the_cluster_role_matches_the_calls_the_agent_makes() {
         });
         match rule {
             Some(i) => used[i] = true,
-            None => panic!("{verb} {group}/{resource} ({path}) is not allowed by the ClusterRole"),
+            None => panic!("{verb} {group}/{resource} ({path}) is not allowed by the roles"),
         }
     }
     calls.sort();
@@ -464,7 +720,7 @@ fn the_cluster_role_matches_the_calls_the_agent_makes() {
     c.agent.stop();
 }
 
-/// (apiGroups, resources, verbs) of the ClusterRole's rules.
+/// (apiGroups, resources, verbs) of the ClusterRole's and Role's rules.
 fn cluster_role_rules(yaml: &str) -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
@@ -478,7 +734,7 @@ fn cluster_role_rules(yaml: &str) -> Vec<(Vec<String>, Vec<String>, Vec<String>)
     let mut out = Vec::new();
     for doc in yaml.split("\n---\n") {
         let v: serde_json::Value = serde_norway::from_str(doc).expect("rbac.yaml parses");
-        if v["kind"] != "ClusterRole" {
+        if v["kind"] != "ClusterRole" && v["kind"] != "Role" {
             continue;
         }
         for r in v["rules"].as_array().expect("rules") {
@@ -508,7 +764,8 @@ fn resource_of(path: &str) -> Option<(String, String, bool)> {
     };
     match rest {
         [resource] => Some((group, resource.to_string(), false)),
-        [resource, _name, ..] => Some((group, resource.to_string(), true)),
+        [resource, _name] => Some((group, resource.to_string(), true)),
+        [resource, _name, sub] => Some((group, format!("{resource}/{sub}"), true)),
         _ => None,
     }
 }

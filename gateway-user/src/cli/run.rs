@@ -144,7 +144,10 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let kube_task = client.map(|client| {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        (kube::spawn(client, controller.clone(), tx), rx)
+        (
+            kube::spawn(client, controller.clone(), tx, &args.gateway_class),
+            rx,
+        )
     });
     let mut stopped = false;
     let kube_task = match kube_task {
@@ -199,8 +202,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: closing ports, letting open connections finish");
     if let Some(k) = kube_task {
-        k.abort();
-        let _ = k.await;
+        k.stop().await;
     }
     // Awaited so the admin socket is gone before the last report.
     admin_task.abort();

@@ -20,7 +20,8 @@ use super::{
 };
 use crate::{
     istio::{
-        Action, Agent, Applied, Batch, Change, ConfigError, Diagnostic, Resource, Snapshot, Store,
+        Action, Agent, Applied, Batch, Change, ConfigError, Diagnostic, Resource, Snapshot, Status,
+        Store,
     },
     proxy::{ports::Ports, table::Table, Runtime},
 };
@@ -255,6 +256,21 @@ impl Controller {
         }
         out.warnings.extend(notes);
         Ok(out)
+    }
+
+    /// The Gateway API status of the config in force, for the resources
+    /// that came from the cluster (what the files or `gateway apply` set
+    /// is not the cluster's to be told about), each with its API path.
+    pub fn cluster_status(&self) -> Vec<(String, Status)> {
+        self.snapshot
+            .status
+            .iter()
+            .filter_map(|s| {
+                let r = self.store.resources().find(|r| r.id == s.resource)?;
+                let path = r.origin.file.strip_prefix(super::kube::ORIGIN)?;
+                Some((path.to_string(), s.clone()))
+            })
+            .collect()
     }
 
     /// Stops accepting everywhere (the agent is stopping).

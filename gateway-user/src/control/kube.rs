@@ -55,7 +55,11 @@ use super::{
     controller::{Controller, Source},
     Error,
 };
-use crate::istio::{self, ConfigError, Resource, ResourceId};
+use crate::istio::{
+    self,
+    services::{self, SERVICE_NAME_LABEL},
+    ConfigError, Resource, ResourceId,
+};
 
 /// A kind of config watched: its group, resource, kind, and the versions
 /// read, newest first (an object seen at several is read at the first).
@@ -71,7 +75,7 @@ const ISTIO_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const GATEWAY_API: &str = "gateway.networking.k8s.io";
 
 /// Istio's networking kinds and the Gateway API's TCP ones.
-pub const CONFIG_KINDS: [ConfigKind; 8] = [
+pub const CONFIG_KINDS: [ConfigKind; 9] = [
     ConfigKind {
         group: ISTIO,
         resource: "gateways",
@@ -116,15 +120,17 @@ pub const CONFIG_KINDS: [ConfigKind; 8] = [
     },
     ConfigKind {
         group: GATEWAY_API,
+        resource: "gatewayclasses",
+        kind: "GatewayClass",
+        versions: &["v1", "v1beta1"],
+    },
+    ConfigKind {
+        group: GATEWAY_API,
         resource: "referencegrants",
         kind: "ReferenceGrant",
         versions: &["v1", "v1beta1"],
     },
 ];
-/// The label an EndpointSlice names its Service with.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Kubernetes' cluster domain, as Istio assumes it.
-const DOMAIN: &str = "svc.cluster.local";
 /// How long a burst of events is gathered before one resync.
 const SETTLE: Duration = Duration::from_millis(100);
 /// How often discovery looks again for Istio versions not watched yet (the
@@ -151,14 +157,56 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     Client::try_from(config).context("cannot build the Kubernetes client")
 }
 
+/// Where a resource read from the cluster says it came from: this, then
+/// its API path.
+pub const ORIGIN: &str = "kubernetes:";
+
+/// The watches, and the writer of the Gateway API status.
+pub struct Watcher {
+    watch: tokio::task::JoinHandle<()>,
+    status: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Watcher {
+    /// Stops watching; the status writer gives up its Lease first (for at
+    /// most a few seconds, if the API server is slow to answer).
+    pub async fn stop(self) {
+        self.watch.abort();
+        let _ = self.watch.await;
+        let _ = self.stop.send(true);
+        let mut status = self.status;
+        if tokio::time::timeout(Duration::from_secs(3), &mut status)
+            .await
+            .is_err()
+        {
+            status.abort();
+            let _ = status.await;
+        }
+    }
+}
+
 /// Starts watching. `synced` fires once everything discovered at start has
 /// been listed and served (or refused) once: the agent is ready then.
 pub fn spawn(
     client: Client,
     controller: Arc<Mutex<Controller>>,
     synced: oneshot::Sender<()>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(client, controller, synced))
+    gateway_class: &str,
+) -> Watcher {
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Vec::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let election = super::status::Election::from_env(&client, gateway_class);
+    Watcher {
+        status: tokio::spawn(super::status::run(
+            client.clone(),
+            election,
+            desired_rx,
+            stopped,
+        )),
+        watch: tokio::spawn(run(client, controller, synced, desired_tx)),
+        stop,
+    }
 }
 
 /// What a watch is of.
@@ -205,8 +253,7 @@ enum Obj {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Svc {
-    /// (port, name, numeric targetPort)
-    ports: Vec<(u16, String, Option<u16>)>,
+    ports: Vec<services::Port>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -361,7 +408,11 @@ fn service(s: Service) -> Option<Obj> {
                 Some(IntOrString::Int(n)) => u16::try_from(n).ok(),
                 _ => None,
             };
-            Some((number, p.name.unwrap_or_default(), target))
+            Some(services::Port {
+                number,
+                name: p.name.unwrap_or_default(),
+                target,
+            })
         })
         .collect();
     Some(Obj::Service(Svc { ports }))
@@ -403,9 +454,8 @@ fn pod(p: PartialObjectMeta<Pod>) -> Option<Obj> {
     Some(Obj::Pod(p.metadata.labels.unwrap_or_default()))
 }
 
-/// The ServiceEntry standing for Service `ns/name`. Its name cannot clash
-/// with a Service-named ServiceEntry the user writes: a Service name has no
-/// dots.
+/// The ServiceEntry standing for Service `ns/name`, its endpoints
+/// labelled with their pods' labels.
 fn service_entry(
     ns: &str,
     name: &str,
@@ -413,57 +463,20 @@ fn service_entry(
     slices: &[&Slice],
     pods: &BTreeMap<Key, Obj>,
 ) -> Value {
-    let port_name = |(number, name, _): &(u16, String, Option<u16>)| {
-        if name.is_empty() {
-            format!("port-{number}")
-        } else {
-            name.clone()
-        }
-    };
-    let ports: Vec<Value> = svc
-        .ports
-        .iter()
-        .map(|p| {
-            let mut v = json!({"number": p.0, "name": port_name(p), "protocol": "TCP"});
-            if let Some(t) = p.2 {
-                v["targetPort"] = json!(t);
-            }
-            v
-        })
-        .collect();
-    let mut endpoints: BTreeMap<String, Value> = BTreeMap::new();
-    for s in slices {
-        let mut eports = serde_json::Map::new();
-        for p in &svc.ports {
-            if let Some(n) = s.ports.get(&p.1) {
-                eports.insert(port_name(p), json!(n));
-            }
-        }
-        for (address, pod) in &s.ready {
-            let labels = pod
+    let ready = slices.iter().flat_map(|s| {
+        s.ready.iter().map(|(address, pod)| services::Ready {
+            address,
+            labels: pod
                 .as_ref()
                 .and_then(|p| match pods.get(&(ns.to_string(), p.clone())) {
                     Some(Obj::Pod(l)) => Some(l.clone()),
                     _ => None,
                 })
-                .unwrap_or_default();
-            endpoints
-                .entry(address.clone())
-                .or_insert_with(|| json!({"address": address, "labels": labels, "ports": eports}));
-        }
-    }
-    json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": format!("{name}.service"), "namespace": ns},
-        "spec": {
-            "hosts": [format!("{name}.{ns}.{DOMAIN}")],
-            "location": "MESH_INTERNAL",
-            "resolution": "STATIC",
-            "ports": ports,
-            "endpoints": endpoints.into_values().collect::<Vec<_>>(),
-        }
-    })
+                .unwrap_or_default(),
+            ports: &s.ports,
+        })
+    });
+    services::service_entry(ns, name, &svc.ports, ready)
 }
 
 struct World {
@@ -531,8 +544,13 @@ impl World {
             .into_iter()
             .map(|((kind, (ns, name)), (version, doc))| {
                 let k = &CONFIG_KINDS[kind];
+                let scope = if ns.is_empty() {
+                    String::new()
+                } else {
+                    format!("namespaces/{ns}/")
+                };
                 let path = format!(
-                    "kubernetes:/apis/{}/{}/namespaces/{ns}/{}/{name}",
+                    "{ORIGIN}/apis/{}/{}/{scope}{}/{name}",
                     k.group, k.versions[version], k.resource
                 );
                 (path, ns.clone(), doc.clone())
@@ -562,7 +580,7 @@ impl World {
                 .get(&(ns.clone(), name.clone()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let path = format!("kubernetes:/api/v1/namespaces/{ns}/services/{name}");
+            let path = format!("{ORIGIN}/api/v1/namespaces/{ns}/services/{name}");
             out.push((path, ns.clone(), service_entry(ns, name, svc, slices, pods)));
         }
 
@@ -687,7 +705,12 @@ async fn discover(client: &Client) -> kube::Result<Vec<(Watch, ApiResource)>> {
     Ok(found)
 }
 
-async fn run(client: Client, controller: Arc<Mutex<Controller>>, synced: oneshot::Sender<()>) {
+async fn run(
+    client: Client,
+    controller: Arc<Mutex<Controller>>,
+    synced: oneshot::Sender<()>,
+    status: tokio::sync::watch::Sender<Vec<(String, istio::Status)>>,
+) {
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let mut tasks = JoinSet::new();
     let mut world = World {
@@ -775,6 +798,12 @@ async fn run(client: Client, controller: Arc<Mutex<Controller>>, synced: oneshot
                 Err(_) => {
                     if world.synced() {
                         world.sync(&controller).await;
+                        let now = controller.lock().await.cluster_status();
+                        status.send_if_modified(|s| {
+                            let changed = *s != now;
+                            *s = now;
+                            changed
+                        });
                         dirty = false;
                         if let Some(s) = synced.take() {
                             let _ = s.send(());

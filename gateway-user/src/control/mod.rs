@@ -11,6 +11,7 @@ mod error;
 pub mod files;
 pub mod kube;
 pub mod state;
+mod status;
 
 pub use controller::{Controller, Outcome};
 pub use error::{BadConfig, Error, EXIT_BAD_CONFIG};

@@ -16,13 +16,19 @@ pub enum Kind {
     KubeGateway,
     TcpRoute,
     ReferenceGrant,
+    /// Cluster-scoped: its namespace is empty.
+    GatewayClass,
+    /// Kubernetes' own Service and EndpointSlice: in file mode, the
+    /// backends of TCPRoutes and of VirtualServices' short host names.
+    Service,
+    EndpointSlice,
 }
 
 /// The Gateway API's group.
 pub const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Gateway,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -31,6 +37,9 @@ impl Kind {
         Kind::KubeGateway,
         Kind::TcpRoute,
         Kind::ReferenceGrant,
+        Kind::GatewayClass,
+        Kind::Service,
+        Kind::EndpointSlice,
     ];
 
     /// The name in messages and saved state; the Gateway API's Gateway is
@@ -45,6 +54,9 @@ impl Kind {
             Kind::KubeGateway => "Gateway.gateway.networking.k8s.io",
             Kind::TcpRoute => "TCPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -58,18 +70,28 @@ impl Kind {
 
     pub fn group(self) -> &'static str {
         match self {
-            Kind::KubeGateway | Kind::TcpRoute | Kind::ReferenceGrant => GATEWAY_API_GROUP,
+            Kind::KubeGateway | Kind::TcpRoute | Kind::ReferenceGrant | Kind::GatewayClass => {
+                GATEWAY_API_GROUP
+            }
+            Kind::Service => "",
+            Kind::EndpointSlice => "discovery.k8s.io",
             _ => "networking.istio.io",
         }
     }
 
-    /// The name kubectl prints, e.g. `virtualservice.networking.istio.io`.
+    /// Whether its objects live outside namespaces.
+    pub fn cluster_scoped(self) -> bool {
+        self == Kind::GatewayClass
+    }
+
+    /// The name kubectl prints, e.g. `virtualservice.networking.istio.io`
+    /// (`service` for the core group's).
     pub fn resource_name(self) -> String {
-        format!(
-            "{}.{}",
-            self.kind_field().to_ascii_lowercase(),
-            self.group()
-        )
+        let kind = self.kind_field().to_ascii_lowercase();
+        match self.group() {
+            "" => kind,
+            group => format!("{kind}.{group}"),
+        }
     }
 
     /// A kind as [`Kind::as_str`] writes it.
@@ -100,15 +122,20 @@ pub struct ResourceId {
 }
 
 impl ResourceId {
-    /// `namespace/name`, the form Istio uses in its own references.
+    /// `namespace/name`, the form Istio uses in its own references; the
+    /// name alone for a cluster-scoped kind.
     pub fn qualified_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
     }
 }
 
 impl fmt::Display for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        write!(f, "{} {}", self.kind, self.qualified_name())
     }
 }
 

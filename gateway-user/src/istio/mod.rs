@@ -17,6 +17,7 @@ mod names;
 mod parse;
 mod resolve;
 mod resources;
+pub mod services;
 mod snapshot;
 mod store;
 mod validate;
@@ -29,8 +30,8 @@ pub use error::{ConfigError, Diagnostic, Kind, Location, Origin, ResourceId};
 pub(crate) use parse::Spec;
 pub use parse::{parse, Batch, Namespace, Resource};
 pub use snapshot::{
-    Address, Agent, Cluster, Condition, Endpoint, LbPolicy, Listener, Snapshot, Status, TcpRoute,
-    WeightedCluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    Address, Agent, Cluster, Condition, Endpoint, LbPolicy, Listener, ListenerStatus, Snapshot,
+    Status, TcpRoute, WeightedCluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
 pub use store::{Action, Applied, Change, Store};
 
@@ -40,3 +41,7 @@ const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// The GatewayClass Istio's own gateways answer to.
 pub const DEFAULT_GATEWAY_CLASS: &str = "istio";
+/// What this gateway calls itself in a GatewayClass's `controllerName`
+/// and in the route status it writes: a class naming it is this
+/// gateway's, whatever its name.
+pub const CONTROLLER_NAME: &str = "ebpf-gateway.dev/gateway-controller";

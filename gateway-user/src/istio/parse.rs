@@ -7,8 +7,9 @@ use super::{
     error::{ConfigError, Diagnostic, Kind, Origin, ResourceId},
     names,
     resources::{
-        DestinationRuleSpec, Envelope, GatewaySpec, KubeGatewaySpec, KubeTcpRouteSpec, Metadata,
-        ReferenceGrantSpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
+        DestinationRuleSpec, EndpointSliceDoc, Envelope, GatewayClassSpec, GatewaySpec,
+        KubeGatewaySpec, KubeTcpRouteSpec, Metadata, ReferenceGrantSpec, ServiceEntrySpec,
+        ServiceSpec, SliceEnvelope, VirtualServiceSpec, WorkloadEntrySpec,
     },
     yaml, DEFAULT_NAMESPACE, GROUP, VERSIONS,
 };
@@ -23,6 +24,10 @@ pub struct Resource {
     pub(super) content: serde_json::Value,
     pub(super) metadata: Metadata,
     pub(super) spec: Spec,
+    /// Made from a Kubernetes Service and its EndpointSlices: its
+    /// endpoints are the ready ones of the moment, and none is a state to
+    /// serve (refusing connections), not a mistake to refuse.
+    pub(super) from_service: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +41,9 @@ pub(crate) enum Spec {
     KubeGateway(KubeGatewaySpec),
     TcpRoute(KubeTcpRouteSpec),
     ReferenceGrant(ReferenceGrantSpec),
+    GatewayClass(GatewayClassSpec),
+    Service(ServiceSpec),
+    EndpointSlice(EndpointSliceDoc),
 }
 
 /// What one or more files held: the Istio resources, plus notes about the
@@ -183,23 +191,14 @@ fn read_document(
             "Gateway" => &["v1", "v1beta1"],
             "TCPRoute" => &["v1", "v1alpha2"],
             "ReferenceGrant" => &["v1", "v1beta1", "v1alpha2"],
-            "GatewayClass" => {
-                return Ok(Read::Skipped(Some(Diagnostic::new(
-                    Some(origin),
-                    "",
-                    format!(
-                        "GatewayClass {meta_name}: skipped; this gateway serves the Gateways of \
-                         class --gateway-class (default istio)"
-                    ),
-                ))))
-            }
+            "GatewayClass" => &["v1", "v1beta1"],
             _ => {
                 return Ok(Read::Skipped(Some(Diagnostic::new(
                     Some(origin),
                     "",
                     format!(
                         "{kind_name} {meta_name} ({api_version}) is not served by this gateway \
-                         (TCP only: Gateway, TCPRoute, ReferenceGrant); skipped"
+                         (TCP only: GatewayClass, Gateway, TCPRoute, ReferenceGrant); skipped"
                     ),
                 ))))
             }
@@ -218,17 +217,24 @@ fn read_document(
                 ),
             ));
         }
+    } else if let Some((kind, served)) = match (group, kind_name.as_str()) {
+        ("", "Service") => Some(("Service", "v1")),
+        ("discovery.k8s.io", "EndpointSlice") => Some(("EndpointSlice", "discovery.k8s.io/v1")),
+        _ => None,
+    } {
+        if api_version != served {
+            return Err(one(
+                origin,
+                "apiVersion",
+                format!("{api_version} does not serve {kind}; use {served}"),
+            ));
+        }
     } else if group != GROUP {
         let message = if group.ends_with(".istio.io") {
             // An AuthorizationPolicy the user expects to protect the
             // gateway must not pass silently.
             format!(
                 "{kind_name} {meta_name} ({api_version}) is not enforced by this gateway; skipped"
-            )
-        } else if kind_name == "Service" && group.is_empty() {
-            format!(
-                "skipped Kubernetes Service {meta_name}: without a cluster, endpoints come from \
-                 a ServiceEntry (inline endpoints or WorkloadEntries)"
             )
         } else {
             format!(
@@ -281,12 +287,15 @@ fn read_document(
     };
     let (Namespace::Only(fallback_ns) | Namespace::Default(fallback_ns)) = namespace;
     // Name the resource in messages as early as its metadata allows.
-    let provisional_ns = obj
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .and_then(|n| n.as_str())
-        .unwrap_or(fallback_ns)
-        .to_string();
+    let provisional_ns = if kind.cluster_scoped() {
+        String::new()
+    } else {
+        obj.get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .unwrap_or(fallback_ns)
+            .to_string()
+    };
     if !meta_name.is_empty() {
         origin.id = Some(ResourceId {
             kind,
@@ -345,6 +354,27 @@ fn read_document(
                 doc.decode().map_err(|e| decode_err(origin, e))?;
             (e.metadata, Spec::ReferenceGrant(e.spec.unwrap_or_default()))
         }
+        Kind::GatewayClass => {
+            let e: Envelope<GatewayClassSpec> = doc.decode().map_err(|e| decode_err(origin, e))?;
+            match e.spec {
+                Some(s) => (e.metadata, Spec::GatewayClass(s)),
+                None => {
+                    return Err(one(
+                        origin,
+                        "spec",
+                        "spec.controllerName is required".into(),
+                    ))
+                }
+            }
+        }
+        Kind::Service => {
+            let e: Envelope<ServiceSpec> = doc.decode().map_err(|e| decode_err(origin, e))?;
+            (e.metadata, Spec::Service(e.spec.unwrap_or_default()))
+        }
+        Kind::EndpointSlice => {
+            let e: SliceEnvelope = doc.decode().map_err(|e| decode_err(origin, e))?;
+            (e.metadata, Spec::EndpointSlice(e.slice))
+        }
     };
 
     let name = match (&metadata.name, &metadata.generate_name) {
@@ -367,7 +397,10 @@ fn read_document(
     if let Err(why) = names::dns1123_subdomain(&name) {
         return Err(one(origin, "metadata.name", why));
     }
+    // A cluster-scoped object has no namespace; the API server drops one
+    // written in its metadata, and kubectl ignores -n for it.
     let ns = match (&metadata.namespace, namespace) {
+        _ if kind.cluster_scoped() => String::new(),
         (Some(doc_ns), Namespace::Only(flag)) if doc_ns != flag => {
             return Err(one(
                 origin,
@@ -381,7 +414,13 @@ fn read_document(
         (Some(doc_ns), _) => doc_ns.clone(),
         (None, _) => fallback_ns.to_string(),
     };
-    if let Err(why) = names::dns1123_label(&ns) {
+    if let Err(why) = names::dns1123_label(&ns).or_else(|e| {
+        if kind.cluster_scoped() {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }) {
         return Err(one(origin, "metadata.namespace", why));
     }
     let id = ResourceId {
@@ -402,6 +441,7 @@ fn read_document(
         content,
         metadata,
         spec,
+        from_service: false,
     })))
 }
 

@@ -24,6 +24,22 @@ pub struct Status {
     /// For a route, the parent: `Gateway ns/name` and the parentRef's
     /// sectionName / port as written.
     pub parent: Option<String>,
+    /// For a route, that parentRef as written, which `status.parents[]`
+    /// repeats to say which entry it describes.
+    pub parent_ref: Option<serde_json::Value>,
+    pub conditions: Vec<Condition>,
+    /// For a Gateway, each listener's (`status.listeners[]`).
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// A Gateway listener's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub name: String,
+    /// The route kinds it takes: TCPRoute, or none for a protocol this
+    /// gateway does not serve.
+    pub supported_kinds: Vec<&'static str>,
+    pub attached_routes: usize,
     pub conditions: Vec<Condition>,
 }
 

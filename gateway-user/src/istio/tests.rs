@@ -108,26 +108,34 @@ fn seed_files_parse_unchanged() {
         "networking.istio.io/v1alpha3"
     );
 
-    // Kubernetes kinds are skipped with a note, not refused.
+    // A Service is read (its endpoints may come from EndpointSlice
+    // documents); the Deployments are skipped with a note, not refused.
     let services = parse_ns(SERVICES, "tcp-echo-services.yaml");
-    assert!(services.resources.is_empty());
-    assert_eq!(services.notes.len(), 3, "{:#?}", services.notes);
+    assert_eq!(services.resources.len(), 1);
+    assert_eq!(
+        services.resources[0].id.to_string(),
+        format!("Service {NS}/tcp-echo")
+    );
+    assert_eq!(services.notes.len(), 2, "{:#?}", services.notes);
     assert!(services.notes[0]
         .to_string()
-        .contains("tcp-echo-services.yaml: document 1"));
-    assert!(services.notes[0].to_string().contains("ServiceEntry"));
-    assert!(services.notes[1]
+        .contains("tcp-echo-services.yaml: document 2"));
+    assert!(services.notes[0]
         .to_string()
         .contains("Deployment tcp-echo-v1"));
 
-    // The ingress gateway's own Service names istio-system; with no -n it
-    // is read as written, and with -n of another namespace too since it is
-    // skipped before any namespace check.
+    // The ingress gateway's own Service names istio-system: read as
+    // written without -n, refused with -n of another namespace, as kubectl
+    // does.
     let ingress = parse(INGRESS_SERVICE, "istio-ingressgateway-service.yaml", None)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(ingress.resources.is_empty());
-    assert_eq!(ingress.notes.len(), 1);
-    assert!(parse(INGRESS_SERVICE, "x.yaml", Some(NS)).is_ok());
+    assert_eq!(ingress.resources.len(), 1);
+    assert_eq!(ingress.resources[0].namespace(), "istio-system");
+    let e = parse(INGRESS_SERVICE, "x.yaml", Some(NS))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("metadata.namespace"), "{e}");
 }
 
 #[test]
@@ -1222,5 +1230,272 @@ spec:
     assert!(
         err.contains(&format!("(Gateway.gateway.networking.k8s.io {NS}/second): spec.listeners[0].port: port 9300 is already served by Gateway {NS}/first (gateway.networking.k8s.io")),
         "{err}"
+    );
+}
+
+// ------------------------------------------- Services and EndpointSlices
+
+const GW_API_ALL_V1: &str = include_str!("testdata/gateway-api/tcp-echo-all-v1.yaml");
+const GW_API_20_V2: &str = include_str!("testdata/gateway-api/tcp-echo-20-v2.yaml");
+
+/// An EndpointSlice of Service `service`, port `tcp` at `port`, with one
+/// endpoint per address; `ready: false` on the ones listed unready.
+fn slice(name: &str, service: &str, port: u16, addresses: &[&str], unready: &[&str]) -> String {
+    let mut s = format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  labels:
+    kubernetes.io/service-name: {service}
+addressType: IPv4
+ports:
+- name: tcp
+  port: {port}
+  protocol: TCP
+endpoints:
+"
+    );
+    for a in addresses {
+        let ready = !unready.contains(a);
+        s.push_str(&format!(
+            "- addresses: [\"{a}\"]\n  conditions:\n    ready: {ready}\n  nodeName: node-1\n"
+        ));
+    }
+    s
+}
+
+/// The endpoints of each destination of the only listener.
+fn endpoints_of(snap: &Snapshot) -> Vec<(String, u32, Vec<String>)> {
+    assert_eq!(snap.listeners.len(), 1, "{snap:#?}");
+    snap.listeners[0]
+        .route
+        .destinations
+        .iter()
+        .map(|d| {
+            let eps = d
+                .cluster
+                .endpoints
+                .iter()
+                .map(|e| format!("{:?}:{}", e.address, e.port))
+                .collect();
+            (d.cluster.name.clone(), d.weight, eps)
+        })
+        .collect()
+}
+
+#[test]
+fn gateway_api_task_with_endpoint_slices_instead_of_service_entries() {
+    let store = Store::new(Agent::default());
+    let slices = format!(
+        "{}---\n{}",
+        slice(
+            "tcp-echo-v1-abcde",
+            "tcp-echo-v1",
+            9000,
+            &["10.0.0.1", "10.0.0.2"],
+            &["10.0.0.2"]
+        ),
+        slice("tcp-echo-v2-fghij", "tcp-echo-v2", 9100, &["10.0.0.3"], &[])
+    );
+    let store = apply(&store, &slices, "slices.yaml").store;
+    let step = apply(&store, GW_API_ALL_V1, "tcp-echo-all-v1.yaml");
+    // kubectl's words: the Services are created like the rest.
+    let created: Vec<String> = step.changes.iter().map(|c| c.to_string()).collect();
+    assert!(
+        created.contains(&"service/tcp-echo-v1 created".to_string()),
+        "{created:#?}"
+    );
+    let v1 = "outbound|9000||tcp-echo-v1.istio-io-tcp-traffic-shifting.svc.cluster.local";
+    let v2 = "outbound|9000||tcp-echo-v2.istio-io-tcp-traffic-shifting.svc.cluster.local";
+    // Only the ready endpoint, at the slice's port.
+    assert_eq!(
+        endpoints_of(&step.snapshot),
+        vec![(v1.to_string(), 1, vec!["Ip(10.0.0.1):9000".to_string()])]
+    );
+    let step = apply(&step.store, GW_API_20_V2, "tcp-echo-20-v2.yaml");
+    assert_eq!(
+        endpoints_of(&step.snapshot),
+        vec![
+            (v1.to_string(), 80, vec!["Ip(10.0.0.1):9000".to_string()]),
+            (v2.to_string(), 20, vec!["Ip(10.0.0.3):9100".to_string()]),
+        ]
+    );
+    // The endpoints carry the Service's selector, so Istio's subsets by
+    // `version` select them too.
+    let snap = snapshot(&step.store);
+    assert!(snap.warnings.is_empty(), "{:#?}", snap.warnings);
+}
+
+#[test]
+fn a_service_without_slices_leaves_its_host_to_a_service_entry() {
+    // The seed's Service tcp-echo beside the example ServiceEntry of the
+    // same host: the ServiceEntry serves, nothing clashes.
+    let store = Store::new(Agent::default());
+    let store = apply(&store, SERVICES, "tcp-echo-services.yaml").store;
+    let store = apply(&store, ENDPOINTS, "tcp-echo-endpoints.yaml").store;
+    let snap = apply(&store, ALL_V1, "tcp-echo-all-v1.yaml").snapshot;
+    assert_eq!(split(&snap), vec![(v("v1"), 100)]);
+    assert!(
+        !has_warning(&snap, &["EndpointSlice"]),
+        "{:#?}",
+        snap.warnings
+    );
+
+    // Alone, it is said to have no endpoints.
+    let store = Store::new(Agent::default());
+    let snap = apply(&store, SERVICES, "tcp-echo-services.yaml").snapshot;
+    assert!(
+        has_warning(
+            &snap,
+            &[
+                "tcp-echo-services.yaml: document 1 (Service istio-io-tcp-traffic-shifting/tcp-echo)",
+                "no EndpointSlice document (label kubernetes.io/service-name: tcp-echo)",
+            ]
+        ),
+        "{:#?}",
+        snap.warnings
+    );
+
+    // With a slice too, the host has two definitions: refused, naming both.
+    let store = apply(
+        &Store::new(Agent::default()),
+        ENDPOINTS,
+        "tcp-echo-endpoints.yaml",
+    )
+    .store;
+    let store = apply(&store, ALL_V1, "tcp-echo-all-v1.yaml").store;
+    let both = format!(
+        "{SERVICES}---\n{}",
+        slice("tcp-echo-1", "tcp-echo", 9000, &["10.0.0.9"], &[])
+    );
+    refused(
+        &store,
+        &both,
+        "services.yaml",
+        &[
+            "several ServiceEntries",
+            "istio-io-tcp-traffic-shifting/tcp-echo.service",
+        ],
+    );
+}
+
+#[test]
+fn bad_services_and_slices_name_file_document_and_field() {
+    let store = Store::new(Agent::default());
+    let bad_address = slice("s", "tcp-echo", 9000, &["10.0.0.300"], &[]);
+    refused(
+        &store,
+        &bad_address,
+        "slice.yaml",
+        &[
+            "slice.yaml: document 1 (EndpointSlice istio-io-tcp-traffic-shifting/s)",
+            "endpoints[0].addresses[0]",
+            "not an IPv4 address",
+        ],
+    );
+    let no_type = bad_address.replace("addressType: IPv4\n", "");
+    refused(&store, &no_type, "slice.yaml", &["addressType", "required"]);
+    let unnamed = "apiVersion: v1
+kind: Service
+metadata:
+  name: two-ports
+spec:
+  ports:
+  - port: 9000
+  - port: 9001
+";
+    refused(
+        &store,
+        unnamed,
+        "svc.yaml",
+        &["spec.ports[0].name", "more than one port"],
+    );
+    refused(
+        &store,
+        &unnamed
+            .replace("- port: 9000", "- name: a\n    port: 9000")
+            .replace("- port: 9001", "- name: b\n    port: 90001"),
+        "svc.yaml",
+        &["spec.ports[1].port", "1..65535"],
+    );
+    refused(
+        &store,
+        &unnamed.replace("apiVersion: v1", "apiVersion: v2"),
+        "svc.yaml",
+        &["apiVersion", "use v1"],
+    );
+}
+
+// ------------------------------------------------------------ GatewayClass
+
+const GATEWAY_CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: ebpf
+  namespace: ignored-as-the-api-server-does
+spec:
+  controllerName: ebpf-gateway.dev/gateway-controller
+";
+
+#[test]
+fn a_gateway_class_naming_this_controller_makes_its_gateways_ours() {
+    let store = Store::new(Agent::default());
+    let store = apply(&store, ENDPOINTS, "tcp-echo-endpoints.yaml").store;
+    let services = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: tcp-echo-v1
+spec:
+  hosts: [tcp-echo-v1.istio-io-tcp-traffic-shifting.svc.cluster.local]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: tcp-echo, version: v1}}
+";
+    let store = apply(&store, services, "services.yaml").store;
+    let ebpf_class = GW_API_ALL_V1.replace("gatewayClassName: istio", "gatewayClassName: ebpf");
+    let step = apply(&store, &ebpf_class, "all-v1.yaml");
+    assert!(step.snapshot.listeners.is_empty());
+    assert!(has_warning(
+        &step.snapshot,
+        &["class \"ebpf\" is not this gateway's", CONTROLLER_NAME]
+    ));
+
+    let step = apply(&step.store, GATEWAY_CLASS, "class.yaml");
+    assert_eq!(step.snapshot.listeners.len(), 1);
+    assert_eq!(step.snapshot.listeners[0].port, 31400);
+    let class = step
+        .snapshot
+        .status
+        .iter()
+        .find(|s| s.resource.kind == Kind::GatewayClass)
+        .unwrap_or_else(|| panic!("{:#?}", step.snapshot.status));
+    assert!(
+        class
+            .to_string()
+            .starts_with("GatewayClass ebpf: Accepted=True (Accepted)"),
+        "{class}"
+    );
+    assert_eq!(class.resource.namespace, "");
+
+    // A class of another controller does not.
+    let other = GATEWAY_CLASS.replace("ebpf-gateway.dev/", "istio.io/");
+    let step = apply(&step.store, &other, "class.yaml");
+    assert!(step.snapshot.listeners.is_empty());
+    assert!(!step
+        .snapshot
+        .status
+        .iter()
+        .any(|s| s.resource.kind == Kind::GatewayClass));
+
+    refused(
+        &step.store,
+        &GATEWAY_CLASS.replace("ebpf-gateway.dev/gateway-controller", "no-path"),
+        "class.yaml",
+        &[
+            "class.yaml: document 1 (GatewayClass ebpf)",
+            "spec.controllerName",
+            "domain-prefixed",
+        ],
     );
 }

@@ -211,8 +211,8 @@ impl<'a> World<'a> {
             msg.push_str(" nor by a Kubernetes Service in this namespace");
         } else {
             msg.push_str(
-                " (Kubernetes Services are read only with --source kubernetes: declare the service \
-                 and its endpoints with a ServiceEntry)",
+                " (without a cluster, a Kubernetes Service has endpoints when EndpointSlice \
+                 documents name it; or declare the service with a ServiceEntry)",
             );
         }
         msg

@@ -164,7 +164,7 @@ impl<'a> World<'a> {
             "no endpoints for host {host} port {}{subset_note}: {why}",
             port.number
         );
-        if self.agent.live_endpoints {
+        if self.agent.live_endpoints || se.from_service {
             report.warn(
                 o,
                 format!("{path}.destination"),

@@ -16,8 +16,8 @@ use crate::istio::{
         BackendRef, Destination, FromNamespaces, KubeGatewaySpec, KubeListener, ParentRef,
         PortSelector,
     },
-    Cluster, Condition, Listener, Resource, Status, TcpRoute, WeightedCluster,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    Cluster, Condition, Listener, ListenerStatus, Resource, Status, TcpRoute, WeightedCluster,
+    CONTROLLER_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
 };
 
 fn condition(kind: &'static str, status: bool, reason: &'static str, message: String) -> Condition {
@@ -77,8 +77,13 @@ fn admits(listener: &KubeListener, gw_ns: &str, route_ns: &str) -> Option<String
 }
 
 impl<'a> World<'a> {
+    /// A Gateway is this gateway's when its class is the one named by
+    /// `--gateway-class`, or a GatewayClass naming this controller.
     fn ours(&self, spec: &KubeGatewaySpec) -> bool {
         spec.gateway_class_name == self.agent.gateway_class
+            || self.gateway_classes.iter().any(|(c, s)| {
+                c.id.name == spec.gateway_class_name && s.controller_name == CONTROLLER_NAME
+            })
     }
 
     /// Whether a ReferenceGrant in `to_ns` lets TCPRoutes of `from_ns`
@@ -109,10 +114,22 @@ impl<'a> World<'a> {
                     &gw.origin,
                     "spec.gatewayClassName",
                     format!(
-                        "class {:?} is not this gateway's ({:?}, --gateway-class); not served",
+                        "class {:?} is not this gateway's (--gateway-class {:?}, or a \
+                         GatewayClass with controllerName {CONTROLLER_NAME}); not served",
                         spec.gateway_class_name, self.agent.gateway_class
                     ),
                 );
+            }
+        }
+        for (c, spec) in &self.gateway_classes {
+            if spec.controller_name == CONTROLLER_NAME {
+                status.push(Status {
+                    resource: c.id.clone(),
+                    parent: None,
+                    parent_ref: None,
+                    conditions: vec![condition("Accepted", true, "Accepted", String::new())],
+                    listeners: Vec::new(),
+                });
             }
         }
         // (gateway index, listener index) → the routes attached, oldest first.
@@ -191,7 +208,9 @@ impl<'a> World<'a> {
                 status.push(Status {
                     resource: route.id.clone(),
                     parent,
+                    parent_ref: serde_json::to_value(p).ok(),
                     conditions: vec![accepted, resolved],
+                    listeners: Vec::new(),
                 });
             }
         }
@@ -258,9 +277,58 @@ impl<'a> World<'a> {
                 .filter(|((g, _), _)| *g == gi)
                 .map(|(_, r)| r.len())
                 .sum();
+            let listener_status = gspec
+                .listeners
+                .iter()
+                .enumerate()
+                .map(|(li, l)| {
+                    let attached_routes = attached.get(&(gi, li)).map_or(0, Vec::len);
+                    let port = u16::try_from(l.port).unwrap_or(0);
+                    let programmed = listeners
+                        .iter()
+                        .any(|s| s.gateway == gw.id.qualified_name() && s.server == li);
+                    if l.protocol != "TCP" {
+                        let why = format!(
+                            "protocol {} is not served by this gateway (TCP only)",
+                            l.protocol
+                        );
+                        return ListenerStatus {
+                            name: l.name.clone(),
+                            supported_kinds: Vec::new(),
+                            attached_routes,
+                            conditions: vec![
+                                condition("Accepted", false, "UnsupportedProtocol", why.clone()),
+                                condition("Programmed", false, "Invalid", why),
+                                condition("ResolvedRefs", true, "ResolvedRefs", String::new()),
+                            ],
+                        };
+                    }
+                    let pending = if attached_routes == 0 {
+                        "no TCPRoute attached".to_string()
+                    } else {
+                        format!("port {port} is not served (see the Gateway's warnings)")
+                    };
+                    ListenerStatus {
+                        name: l.name.clone(),
+                        supported_kinds: vec!["TCPRoute"],
+                        attached_routes,
+                        conditions: vec![
+                            condition("Accepted", true, "Accepted", String::new()),
+                            if programmed {
+                                condition("Programmed", true, "Programmed", String::new())
+                            } else {
+                                condition("Programmed", false, "Pending", pending)
+                            },
+                            condition("ResolvedRefs", true, "ResolvedRefs", String::new()),
+                        ],
+                    }
+                })
+                .collect();
             status.push(Status {
                 resource: gw.id.clone(),
                 parent: None,
+                parent_ref: None,
+                listeners: listener_status,
                 conditions: vec![
                     condition("Accepted", true, "Accepted", String::new()),
                     condition(

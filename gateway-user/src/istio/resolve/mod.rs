@@ -18,12 +18,11 @@ use super::{
         DestinationRuleSpec, GatewaySpec, Server, ServiceEntrySpec, VirtualServiceSpec,
         WorkloadEntrySpec,
     },
-    resources::{KubeGatewaySpec, KubeTcpRouteSpec, ReferenceGrantSpec},
+    resources::{GatewayClassSpec, KubeGatewaySpec, KubeTcpRouteSpec, ReferenceGrantSpec},
     validate, Agent, Listener, Resource, Snapshot, Spec, Status,
 };
 
-/// Kubernetes' cluster domain, as Istio assumes it for short names.
-const DOMAIN: &str = "svc.cluster.local";
+use super::services::{self, DOMAIN};
 
 /// `resources` must be in creation order: it decides which VirtualService
 /// wins a port, as Istio's `sortConfigByCreationTime` does.
@@ -36,7 +35,15 @@ pub(crate) fn snapshot(agent: &Agent, resources: &[&Resource]) -> Result<Snapsho
     if !report.errors.is_empty() {
         return Err(ConfigError::Invalid(report.errors));
     }
-    let world = World::new(agent, resources);
+    let derived = services::derived(resources, &mut report);
+    for r in &derived {
+        validate::resource(r, &mut report);
+    }
+    if !report.errors.is_empty() {
+        return Err(ConfigError::Invalid(report.errors));
+    }
+    let all: Vec<&Resource> = resources.iter().copied().chain(&derived).collect();
+    let world = World::new(agent, &all);
     let mut status = Vec::new();
     let listeners = world.listeners(&mut status, &mut report);
     let warnings = report.into_result()?;
@@ -88,6 +95,7 @@ struct World<'a> {
     kube_gateways: Vec<(&'a Resource, &'a KubeGatewaySpec)>,
     tcp_routes: Vec<(&'a Resource, &'a KubeTcpRouteSpec)>,
     reference_grants: Vec<(&'a Resource, &'a ReferenceGrantSpec)>,
+    gateway_classes: Vec<(&'a Resource, &'a GatewayClassSpec)>,
 }
 
 /// A server this agent will listen for.
@@ -110,6 +118,7 @@ impl<'a> World<'a> {
             kube_gateways: Vec::new(),
             tcp_routes: Vec::new(),
             reference_grants: Vec::new(),
+            gateway_classes: Vec::new(),
         };
         for r in resources {
             match &r.spec {
@@ -121,6 +130,9 @@ impl<'a> World<'a> {
                 Spec::KubeGateway(s) => w.kube_gateways.push((r, s)),
                 Spec::TcpRoute(s) => w.tcp_routes.push((r, s)),
                 Spec::ReferenceGrant(s) => w.reference_grants.push((r, s)),
+                Spec::GatewayClass(s) => w.gateway_classes.push((r, s)),
+                // Read as the ServiceEntries they stand for.
+                Spec::Service(_) | Spec::EndpointSlice(_) => {}
             }
         }
         w

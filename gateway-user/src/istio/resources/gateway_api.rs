@@ -2,7 +2,7 @@
 //! gateway-api's `apis/v1` and `apis/v1alpha2` Go types: `Gateway`,
 //! `TCPRoute` and `ReferenceGrant`. Fields for HTTP and TLS are accepted
 //! as opaque values, so a Gateway shared with other routes still reads.
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::nullable;
@@ -73,14 +73,19 @@ pub(crate) struct TcpRouteSpec {
     pub use_default_gateways: Option<Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ParentRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
 }
 
@@ -125,4 +130,12 @@ pub(crate) struct GrantTo {
     pub group: String,
     pub kind: String,
     pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct GatewayClassSpec {
+    pub controller_name: String,
+    pub parameters_ref: Option<Value>,
+    pub description: Option<String>,
 }

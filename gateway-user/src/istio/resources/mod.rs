@@ -14,6 +14,7 @@
 mod destination_rule;
 mod gateway;
 mod gateway_api;
+mod kubernetes;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
@@ -28,9 +29,10 @@ pub(crate) use destination_rule::{
 };
 pub(crate) use gateway::{GatewaySpec, Server};
 pub(crate) use gateway_api::{
-    BackendRef, FromNamespaces, KubeGatewaySpec, KubeListener, ParentRef, ReferenceGrantSpec,
-    TcpRouteSpec as KubeTcpRouteSpec,
+    BackendRef, FromNamespaces, GatewayClassSpec, KubeGatewaySpec, KubeListener, ParentRef,
+    ReferenceGrantSpec, TcpRouteSpec as KubeTcpRouteSpec,
 };
+pub(crate) use kubernetes::{EndpointSliceDoc, ServiceSpec, SliceEnvelope};
 pub(crate) use service_entry::{Resolution, ServiceEntrySpec, ServicePort};
 pub(crate) use virtual_service::{
     Destination, L4Match, PortSelector, TcpRoute, VirtualServiceSpec,

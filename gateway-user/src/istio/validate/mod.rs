@@ -8,6 +8,7 @@ mod checks;
 mod destination_rule;
 mod gateway;
 mod gateway_api;
+mod kubernetes;
 mod service_entry;
 mod virtual_service;
 mod workload_entry;
@@ -25,5 +26,8 @@ pub(crate) fn resource(r: &Resource, report: &mut Report) {
         Spec::KubeGateway(s) => gateway_api::gateway(o, s, report),
         Spec::TcpRoute(s) => gateway_api::tcp_route(o, &r.api_version, s, report),
         Spec::ReferenceGrant(s) => gateway_api::reference_grant(o, s, report),
+        Spec::GatewayClass(s) => kubernetes::gateway_class(o, s, report),
+        Spec::Service(s) => kubernetes::service(o, s, report),
+        Spec::EndpointSlice(s) => kubernetes::endpoint_slice(o, s, report),
     }
 }
