@@ -330,6 +330,20 @@ spec:
         status_line(&out, &["GatewayClass ebpf:"]).contains("Accepted=True (Accepted)"),
         "{out}"
     );
+    // With its Gateway: the listener's attached routes, as
+    // status.listeners[] has them.
+    let mut args = vec!["validate", "-n", NS];
+    let files = [&class, &slices, &task];
+    for f in &files {
+        args.extend(["-f", f.to_str().expect("utf-8")]);
+    }
+    let out = gateway(&args);
+    assert!(out.ok(), "{out:#?}");
+    let line = status_line(&out.stdout, &["Gateway.gateway.networking.k8s.io"]);
+    assert!(
+        line.contains("Programmed=True") && line.contains("listener tcp-31400: 1 route(s);"),
+        "{line}"
+    );
     agent.stop();
 }
 

@@ -420,6 +420,26 @@ fn gateway_api_status_is_written_to_the_cluster_by_one_agent() {
     ]);
     let v: serde_json::Value = serde_json::from_str(&lease.stdout).unwrap_or_default();
     assert_eq!(v["spec"]["leaseTransitions"], 1, "{lease:#?}");
+
+    // The Gateway goes: the route is no longer attached here, and this
+    // controller's entry goes with it; the other controller's stays.
+    let out = c.api.kubectl(&[
+        "delete",
+        "-n",
+        NS,
+        "-f",
+        gateway_file.to_str().expect("utf-8"),
+    ]);
+    assert!(out.ok(), "{out:#?}");
+    let route = eventually_object(
+        &c.api,
+        &gw_api_path("v1alpha2", "tcproutes", "tcp-echo"),
+        "our entry removed",
+        |r| r["status"]["parents"].is_array() && our_parent(r).is_none(),
+    );
+    let parents = route["status"]["parents"].as_array().expect("parents");
+    assert_eq!(parents.len(), 1, "{route:#}");
+    assert_eq!(parents[0]["controllerName"], "example.net/other");
     b.stop();
 }
 

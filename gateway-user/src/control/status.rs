@@ -356,11 +356,8 @@ fn same(a: &Value, b: &Value) -> bool {
 
 /// Brings one object's status to what this gateway says of it; whether
 /// it wrote.
-async fn write(client: &Client, path: &str, ours: &[&Status]) -> kube::Result<bool> {
+async fn write(client: &Client, path: &str, kind: Kind, ours: &[&Status]) -> kube::Result<bool> {
     let Some(t) = target(path) else {
-        return Ok(false);
-    };
-    let Some(kind) = ours.first().map(|s| s.resource.kind) else {
         return Ok(false);
     };
     let gvk = GroupVersionKind::gvk(t.group, t.version, kind.kind_field());
@@ -409,6 +406,9 @@ pub async fn run(
     // when it changes, or at the next recheck.
     let mut done: BTreeMap<String, Vec<Status>> = BTreeMap::new();
     let mut checked = Instant::now();
+    // The routes this agent gave an entry, kept across rechecks and
+    // leadership changes so that the entry goes when the route leaves.
+    let mut routes: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     loop {
         match lock.hold().await {
             Ok(now) if Some(now) != leading => {
@@ -439,21 +439,46 @@ pub async fn run(
             for (path, s) in &all {
                 by_path.entry(path).or_default().push(s);
             }
-            for (path, ours) in by_path {
+            for (path, ours) in &by_path {
+                let path = *path;
                 let want: Vec<Status> = ours.iter().map(|s| (*s).clone()).collect();
                 if done.get(path) == Some(&want) {
                     continue;
                 }
-                match write(&client, path, &ours).await {
+                let kind = ours[0].resource.kind;
+                match write(&client, path, kind, &ours).await {
                     Ok(wrote) => {
                         if wrote {
                             let summary: Vec<String> = ours.iter().map(|s| s.to_string()).collect();
                             tracing::info!("status written: {}", summary.join(" "));
                         }
                         done.insert(path.to_string(), want);
+                        if kind == Kind::TcpRoute {
+                            routes.insert(path.to_string());
+                        }
                     }
                     // A conflict is someone else's write in between: the
                     // next round reads it and tries again.
+                    Err(e) => tracing::warn!("status of {path} not written: {e}"),
+                }
+            }
+            // A route no longer attached to this gateway's Gateways loses
+            // this controller's entries (the spec asks it of the
+            // controller that wrote them).
+            let gone: Vec<String> = routes
+                .iter()
+                .filter(|p| !by_path.contains_key(p.as_str()))
+                .cloned()
+                .collect();
+            for path in gone {
+                match write(&client, &path, Kind::TcpRoute, &[]).await {
+                    Ok(wrote) => {
+                        if wrote {
+                            tracing::info!("status written: {path}: no longer attached here");
+                        }
+                        routes.remove(&path);
+                        done.remove(&path);
+                    }
                     Err(e) => tracing::warn!("status of {path} not written: {e}"),
                 }
             }

@@ -71,6 +71,15 @@ impl fmt::Display for Status {
             }
             f.write_str(";")?;
         }
+        for l in &self.listeners {
+            write!(f, " listener {}: {} route(s)", l.name, l.attached_routes)?;
+            for c in &l.conditions {
+                if !c.status {
+                    write!(f, ", {}=False ({}) {}", c.kind, c.reason, c.message)?;
+                }
+            }
+            f.write_str(";")?;
+        }
         Ok(())
     }
 }
