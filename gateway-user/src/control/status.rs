@@ -446,7 +446,7 @@ pub async fn run(
                     continue;
                 }
                 let kind = ours[0].resource.kind;
-                match write(&client, path, kind, &ours).await {
+                match write(&client, path, kind, ours).await {
                     Ok(wrote) => {
                         if wrote {
                             let summary: Vec<String> = ours.iter().map(|s| s.to_string()).collect();
