@@ -1,9 +1,6 @@
 //! `gateway apply`, `gateway delete` and `gateway validate`: kubectl's
 //! verbs for the gateway, with kubectl's output.
-use std::{
-    io::Read as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
@@ -60,8 +57,7 @@ fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<admin::File>> {
     let mut named = Vec::new();
     for p in paths {
         if p == Path::new("-") {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
+            let text = crate::control::files::read_capped(std::io::stdin())?;
             out.push(admin::File {
                 name: "<stdin>".into(),
                 text,
@@ -71,8 +67,8 @@ fn read_files(paths: &[PathBuf]) -> anyhow::Result<Vec<admin::File>> {
         }
     }
     for f in crate::control::files::manifest_files(&named)? {
-        let text =
-            std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let text = crate::control::files::read_manifest(&f)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         out.push(admin::File {
             name: f.display().to_string(),
             text,

@@ -33,8 +33,9 @@ use crate::{
 
 /// Where `gateway run` listens for `gateway apply` and `gateway delete`.
 pub const DEFAULT_ADMIN: &str = "/run/gateway/admin.sock";
-/// Largest request the agent reads: far more than any set of manifests.
-const MAX_REQUEST: u64 = 64 << 20;
+/// Largest request the agent reads: several files of the most each may
+/// hold (`istio::limits::MAX_FILE_BYTES`, 1.5 MiB).
+const MAX_REQUEST: u64 = 16 << 20;
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client waits for the answer (the agent does one change at a
@@ -371,7 +372,15 @@ async fn answer(req: Request, controller: Option<&Mutex<Controller>>, rt: &Runti
             req.op
         ));
     };
-    let batch = match parse(&req) {
+    // Parsing is bounded (istio::limits) but still CPU work: off the
+    // runtime's threads, so signals, file watching and other requests go on.
+    let (req, parsed) = tokio::task::spawn_blocking(move || {
+        let parsed = parse(&req);
+        (req, parsed)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let batch = match parsed {
         Ok(batch) => batch,
         Err(e) => {
             tracing::warn!("{} refused: {e}", req.op);

@@ -7,7 +7,7 @@
 //! manifests are small.
 use std::{
     hash::{DefaultHasher, Hash as _, Hasher as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -29,7 +29,7 @@ pub fn load_paths<'a>(
     let mut batch = Batch::default();
     let mut problems = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+        let text = read_manifest(&file).map_err(|source| ConfigError::Read {
             path: file.clone(),
             source,
         })?;
@@ -44,6 +44,22 @@ pub fn load_paths<'a>(
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// A manifest's text, read no further than one byte past what a file may
+/// hold ([`istio::limits::MAX_FILE_BYTES`]), so that a huge file is refused
+/// by the parser's size check without being read whole.
+pub fn read_manifest(path: &Path) -> std::io::Result<String> {
+    read_capped(std::fs::File::open(path)?)
+}
+
+/// The same for any reader (standard input).
+pub fn read_capped(r: impl std::io::Read) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    r.take(istio::limits::MAX_FILE_BYTES as u64 + 1)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// The files [`load_paths`] reads for `paths`, in the order it reads them.
@@ -127,12 +143,24 @@ pub async fn run(
     tick.tick().await;
     loop {
         tick.tick().await;
-        let now = fingerprint(&paths);
-        if now == seen && !pending {
+        // Reading and parsing block: off the runtime's threads, which
+        // serve the admin socket and signals meanwhile.
+        let read = {
+            let (paths, seen, namespace) = (paths.clone(), seen.clone(), namespace.clone());
+            tokio::task::spawn_blocking(move || {
+                let now = fingerprint(&paths);
+                let changed = now != seen;
+                let loaded = (changed || pending)
+                    .then(|| load_paths(&paths, istio::Namespace::Default(&namespace)));
+                (now, loaded)
+            })
+            .await
+        };
+        let Ok((now, Some(loaded))) = read else {
             continue;
-        }
+        };
         seen = now;
-        let result = match load_paths(&paths, istio::Namespace::Default(&namespace)) {
+        let result = match loaded {
             Ok(batch) => {
                 controller
                     .lock()

@@ -13,6 +13,7 @@
 //! store), so a bad file never takes a working gateway down.
 
 mod error;
+pub mod limits;
 mod names;
 mod parse;
 mod resolve;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{
     error::GATEWAY_API_GROUP,
     error::{ConfigError, Diagnostic, Kind, Origin, ResourceId},
-    names,
+    limits, names,
     resources::{
         DestinationRuleSpec, EndpointSliceDoc, Envelope, GatewayClassSpec, GatewaySpec,
         KubeGatewaySpec, KubeTcpRouteSpec, Metadata, ReferenceGrantSpec, ServiceEntrySpec,
@@ -92,6 +92,19 @@ pub fn parse<'a>(
 ) -> Result<Batch, ConfigError> {
     let namespace = namespace.into();
     let file: Arc<str> = Arc::from(file);
+    // Before the parser, whose time can grow with the square of nesting.
+    if let Err(e) = limits::check(text) {
+        return Err(ConfigError::Invalid(vec![Diagnostic {
+            origin: Some(Origin {
+                file,
+                document: e.document,
+                id: None,
+            }),
+            field: String::new(),
+            message: format!("refused before parsing: {}", e.message),
+            location: e.at.map(|(line, column)| super::Location { line, column }),
+        }]));
+    }
     let mut errors = Vec::new();
     let mut batch = Batch::default();
 
