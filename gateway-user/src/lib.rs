@@ -25,5 +25,8 @@ mod proxy;
 mod sys;
 mod telemetry;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod layers;

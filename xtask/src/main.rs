@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod fuzz;
 mod kernel;
 mod manifests;
 mod setup;
@@ -54,6 +55,9 @@ enum Command {
         /// Skip the quick kernel matrix that follows the tests on this machine.
         #[arg(long)]
         no_kernels: bool,
+        /// Skip the short fuzz run (15 s per target) after the tests.
+        #[arg(long)]
+        no_fuzz: bool,
         /// Rewrite the kernel table in docs/kernels.md with this run's.
         #[arg(long)]
         docs: bool,
@@ -79,6 +83,9 @@ enum Command {
     /// The Kubernetes manifests (CRDs, namespace, RBAC, DaemonSet) as one
     /// stream on stdout, the DaemonSet running --image.
     Manifests(manifests::Args),
+    /// The config layer's fuzz targets (cargo fuzz, nightly), seeded with
+    /// every fixture; prints each target's runs.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +130,7 @@ fn main() -> ExitCode {
                 no_lint,
                 kernel: None,
                 no_kernels,
+                no_fuzz,
                 docs,
                 args,
                 ..
@@ -133,6 +141,14 @@ fn main() -> ExitCode {
                 manifests::validate()?;
                 util::venv("kmock-venv", util::KMOCK)?;
                 let host = util::test(&args);
+                let host = if no_fuzz || !args.is_empty() {
+                    host
+                } else {
+                    host.and(fuzz::run_all(&fuzz::Args {
+                        minutes: 0.25,
+                        target: Vec::new(),
+                    }))
+                };
                 // The matrix runs even when a host test failed: its table
                 // says on which kernels the failure shows.
                 let guests = if no_kernels || !args.is_empty() {
@@ -145,6 +161,7 @@ fn main() -> ExitCode {
             Command::Soak { minutes, seed } => util::soak(minutes, seed),
             Command::Bench(args) => bench::run(&args),
             Command::Manifests(args) => manifests::render(&args),
+            Command::Fuzz(args) => fuzz::run_all(&args),
             Command::Demo => {
                 util::build(false)?;
                 demo::run()

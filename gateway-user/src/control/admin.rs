@@ -233,7 +233,7 @@ impl Response {
 }
 
 /// Parses the request's files as one batch, every problem reported.
-fn parse(req: &Request) -> Result<Batch, Error> {
+pub(crate) fn parse(req: &Request) -> Result<Batch, Error> {
     let ns = istio::Namespace::from(req.namespace.as_deref());
     let mut batch = Batch::default();
     let mut problems = Vec::new();

@@ -155,50 +155,11 @@ impl StateDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Overlay::default()),
             Err(e) => return Err(refused(vec![e.to_string()])),
         };
-        let saved: Saved = serde_json::from_str(&text)
-            .map_err(|e| refused(vec![format!("not a gateway state file: {e}")]))?;
-        if saved.format != FORMAT {
-            return Err(refused(vec![format!(
-                "state format {} is not known to this version (expected {FORMAT})",
-                saved.format
-            )]));
-        }
-        let mut overlay = Overlay::default();
-        let mut problems = Vec::new();
-        for (i, s) in saved.applied.into_iter().enumerate() {
-            // Read back as it was first read, so messages point at the file
-            // it was applied from and it compares equal to a re-apply.
-            let text = s.resource.to_string();
-            match istio::parse(&text, &s.file, istio::Namespace::Only(&s.namespace)) {
-                Ok(batch) if batch.resources.len() == 1 => {
-                    for mut r in batch.resources {
-                        r.origin.document = s.document;
-                        overlay.applied.push(r);
-                    }
-                }
-                Ok(_) => problems.push(format!("applied[{i}] is not one Istio resource")),
-                Err(e) => problems.push(format!("applied[{i}]: {e}")),
-            }
-        }
-        for (i, d) in saved.deleted.into_iter().enumerate() {
-            match Kind::parse(&d.kind) {
-                Some(kind) => {
-                    overlay.deleted.insert(ResourceId {
-                        kind,
-                        namespace: d.namespace,
-                        name: d.name,
-                    });
-                }
-                None => problems.push(format!("deleted[{i}]: unknown kind {:?}", d.kind)),
-            }
-        }
-        if problems.is_empty() {
-            Ok(overlay)
-        } else {
-            Err(refused(problems))
-        }
+        read_saved(&text).map_err(refused)
     }
+}
 
+impl StateDir {
     /// Replaces the saved overlay, atomically.
     pub fn save(&self, overlay: &Overlay) -> Result<(), Error> {
         let saved = Saved {
@@ -240,6 +201,53 @@ impl StateDir {
             File::open(&self.path)?.sync_all()
         };
         write().map_err(|source| Error::Save { path, source })
+    }
+}
+
+/// A state file's text, read back into the overlay it saved; every
+/// problem found, else.
+pub(crate) fn read_saved(text: &str) -> Result<Overlay, Vec<String>> {
+    let saved: Saved =
+        serde_json::from_str(text).map_err(|e| vec![format!("not a gateway state file: {e}")])?;
+    if saved.format != FORMAT {
+        return Err(vec![format!(
+            "state format {} is not known to this version (expected {FORMAT})",
+            saved.format
+        )]);
+    }
+    let mut overlay = Overlay::default();
+    let mut problems = Vec::new();
+    for (i, s) in saved.applied.into_iter().enumerate() {
+        // Read back as it was first read, so messages point at the file
+        // it was applied from and it compares equal to a re-apply.
+        let text = s.resource.to_string();
+        match istio::parse(&text, &s.file, istio::Namespace::Only(&s.namespace)) {
+            Ok(batch) if batch.resources.len() == 1 => {
+                for mut r in batch.resources {
+                    r.origin.document = s.document;
+                    overlay.applied.push(r);
+                }
+            }
+            Ok(_) => problems.push(format!("applied[{i}] is not one Istio resource")),
+            Err(e) => problems.push(format!("applied[{i}]: {e}")),
+        }
+    }
+    for (i, d) in saved.deleted.into_iter().enumerate() {
+        match Kind::parse(&d.kind) {
+            Some(kind) => {
+                overlay.deleted.insert(ResourceId {
+                    kind,
+                    namespace: d.namespace,
+                    name: d.name,
+                });
+            }
+            None => problems.push(format!("deleted[{i}]: unknown kind {:?}", d.kind)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(overlay)
+    } else {
+        Err(problems)
     }
 }
 
