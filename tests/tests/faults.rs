@@ -148,3 +148,151 @@ fn a_corrupt_state_file_at_start_is_refused_and_left_alone() {
         assert_eq!(read(&file), text, "{what}: the file is left as it was");
     }
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount tmpfs at {}", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn remount(&self, options: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {options}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The state directory full, then read-only: the apply is refused saying
+/// why, the running config and the state file stay as they were; with
+/// room again, the same apply goes through.
+#[test]
+fn a_full_or_read_only_state_directory_refuses_the_apply_and_changes_nothing() {
+    gateway_tests::needs_root!();
+    let dir = TempDir::new("fault-disk");
+    let backends = Backends::start();
+    let endpoints = dir.write("endpoints.yaml", &backends.endpoints_yaml());
+    let fs = Tmpfs::mount(&dir.path.join("state"), "256k");
+    let agent = Agent::start(&dir.path, unique_ip(), &[]);
+    let addr = agent.addr(PORT);
+    agent.apply_ok(&[&endpoints, &seed("tcp-echo-all-v1.yaml")], Some(NS));
+    let before = read(&agent.state.join("state.json"));
+
+    // Full: a file takes every block left.
+    let fill = agent.state.join("fill");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&fill).expect("fill");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    let out = agent.apply(&[&seed("tcp-echo-20-v2.yaml")], Some(NS));
+    assert!(!out.ok(), "{out:#?}");
+    assert!(
+        out.stderr.contains("No space left on device") && out.stderr.contains("state"),
+        "{out:#?}"
+    );
+    assert_all(addr, 50, "one");
+    assert_eq!(read(&agent.state.join("state.json")), before);
+
+    // Room again: the same apply goes through.
+    std::fs::remove_file(&fill).expect("unfill");
+    agent.apply_ok(&[&seed("tcp-echo-20-v2.yaml")], Some(NS));
+    let counts = gateway_tests::agent::who_answers(addr, 200, 8);
+    assert!(counts.contains_key("two"), "{counts:?}");
+    let shifted = read(&agent.state.join("state.json"));
+
+    // Read-only: the agent holds a file open for writing there, so the
+    // mount cannot turn read-only under it; a read-only one replaces it,
+    // holding the same state file.
+    drop(fs);
+    let fs = Tmpfs::mount(&agent.state, "256k");
+    std::fs::write(agent.state.join("state.json"), &shifted).expect("copy the state");
+    fs.remount("ro");
+    let out = agent.apply(&[&seed("tcp-echo-all-v1.yaml")], Some(NS));
+    assert!(!out.ok(), "{out:#?}");
+    assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
+    let counts = gateway_tests::agent::who_answers(addr, 200, 8);
+    assert!(counts.contains_key("two"), "still 80/20: {counts:?}");
+    assert_eq!(read(&agent.state.join("state.json")), shifted);
+    fs.remount("rw");
+    agent.stop();
+}
+
+/// The admin socket flooded: 500 connections that send nothing and 20
+/// that send forever. A valid apply is still answered within a second and
+/// takes effect; the senders are cut off at the request cap.
+#[test]
+fn a_flooded_admin_socket_still_serves_a_valid_apply_within_a_second() {
+    gateway_tests::needs_root!();
+    use std::{io::Write as _, os::unix::net::UnixStream};
+    let dir = TempDir::new("fault-flood");
+    let backends = Backends::start();
+    let endpoints = dir.write("endpoints.yaml", &backends.endpoints_yaml());
+    let agent = Agent::start(&dir.path, unique_ip(), &[]);
+    let addr = agent.addr(PORT);
+    agent.apply_ok(&[&endpoints, &seed("tcp-echo-all-v1.yaml")], Some(NS));
+
+    let idle: Vec<UnixStream> = (0..500)
+        .map(|_| UnixStream::connect(&agent.admin).expect("connect"))
+        .collect();
+    let senders: Vec<_> = (0..20)
+        .map(|_| {
+            let admin = agent.admin.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(admin).expect("connect");
+                let chunk = vec![b' '; 64 << 10];
+                let mut sent = 0usize;
+                // Bounded: the agent cuts a request off at 16 MiB.
+                while sent < (64 << 20) {
+                    match s.write(&chunk) {
+                        Ok(n) => sent += n,
+                        Err(_) => break,
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let out = agent.apply(&[&seed("tcp-echo-20-v2.yaml")], Some(NS));
+    let took = started.elapsed();
+    assert!(out.ok(), "{out:#?}");
+    eprintln!("a valid apply beside 500 idle and 20 endless clients: {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let counts = gateway_tests::agent::who_answers(addr, 200, 8);
+    assert!(counts.contains_key("two"), "{counts:?}");
+    for s in senders {
+        let sent = s.join().expect("sender");
+        assert!(sent < (64 << 20), "a sender was never cut off");
+    }
+    drop(idle);
+    agent.stop();
+}

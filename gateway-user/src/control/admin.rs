@@ -37,7 +37,72 @@ pub const DEFAULT_ADMIN: &str = "/run/gateway/admin.sock";
 /// hold (`istio::limits::MAX_FILE_BYTES`, 1.5 MiB).
 const MAX_REQUEST: u64 = 16 << 20;
 /// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; one more is told the agent is busy and
+/// closed, rather than left to wait behind a flood.
+const MAX_CLIENTS: usize = 1024;
+/// What each connection may buffer of its request whatever the others do:
+/// far more than an apply of a few files.
+const FREE_BYTES: usize = 256 << 10;
+/// What all connections may buffer beyond that, together: a few clients
+/// sending forever cannot hold more memory than this, nor keep a small
+/// request out.
+const SHARED_BYTES: usize = 64 << 20;
+
+/// Bytes buffered beyond [`FREE_BYTES`], over every connection.
+static SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A connection's draw on [`SHARED`], given back when it ends.
+struct Draw(usize);
+
+impl Draw {
+    /// Takes `n` more bytes from the shared budget, if it has them.
+    fn take(&mut self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::AcqRel;
+        let got = SHARED
+            .fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |used| {
+                (used + n <= SHARED_BYTES).then_some(used + n)
+            })
+            .is_ok();
+        if got {
+            self.0 += n;
+        }
+        got
+    }
+}
+
+impl Drop for Draw {
+    fn drop(&mut self) {
+        SHARED.fetch_sub(self.0, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Reads a whole request: at most [`MAX_REQUEST`] bytes, the part beyond
+/// [`FREE_BYTES`] drawn from the shared budget.
+async fn read_request(stream: &mut UnixStream) -> Result<Vec<u8>, Response> {
+    let mut raw = Vec::new();
+    let mut draw = Draw(0);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) => return Ok(raw),
+            Ok(n) => n,
+            Err(e) => return Err(Response::error(format!("cannot read the request: {e}"))),
+        };
+        if raw.len() + n > MAX_REQUEST as usize {
+            return Err(Response::error(format!(
+                "the request is larger than {MAX_REQUEST} bytes"
+            )));
+        }
+        let beyond = (raw.len() + n).saturating_sub(FREE_BYTES.max(raw.len()));
+        if beyond > 0 && !draw.take(beyond) {
+            return Err(Response::error(
+                "busy: other requests hold the memory for large requests; try again",
+            ));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
 /// How long a client waits for the answer (the agent does one change at a
 /// time, and binding ports or saving state can take a moment).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -298,13 +363,34 @@ impl Server {
     /// for `gateway forward`, whose table is fixed), questions from `rt`
     /// without waiting for a change in progress.
     pub async fn serve(self, controller: Option<Arc<Mutex<Controller>>>, rt: Arc<Runtime>) {
+        let clients = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
                     use tracing::Instrument as _;
+                    let Ok(permit) = clients.clone().try_acquire_owned() else {
+                        tokio::spawn(async move {
+                            let busy = Response::error(format!(
+                                "busy: {MAX_CLIENTS} requests in progress; try again"
+                            ));
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                reply(&mut stream, &busy),
+                            )
+                            .await;
+                        });
+                        continue;
+                    };
                     // What the change logs is told apart by its request.
                     let span = tracing::info_span!("admin", op = tracing::field::Empty);
-                    tokio::spawn(handle(stream, controller.clone(), rt.clone()).instrument(span));
+                    let (controller, rt) = (controller.clone(), rt.clone());
+                    tokio::spawn(
+                        async move {
+                            handle(stream, controller, rt).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!("admin socket: accept failed: {e}");
@@ -337,19 +423,11 @@ async fn handle(
             return;
         }
     }
-    let mut raw = Vec::new();
-    let read = tokio::time::timeout(
-        READ_TIMEOUT,
-        (&mut stream).take(MAX_REQUEST + 1).read_to_end(&mut raw),
-    )
-    .await;
+    let read = tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await;
     let request = match read {
         Err(_) => Err(Response::error("the request did not arrive in time")),
-        Ok(Err(e)) => Err(Response::error(format!("cannot read the request: {e}"))),
-        Ok(Ok(_)) if raw.len() as u64 > MAX_REQUEST => Err(Response::error(format!(
-            "the request is larger than {MAX_REQUEST} bytes"
-        ))),
-        Ok(Ok(_)) => serde_json::from_slice::<Request>(&raw)
+        Ok(Err(r)) => Err(r),
+        Ok(Ok(raw)) => serde_json::from_slice::<Request>(&raw)
             .map_err(|e| Response::error(format!("not a gateway admin request: {e}"))),
     };
     let response = match request {
