@@ -426,7 +426,18 @@ async fn handle(
     let read = tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await;
     let request = match read {
         Err(_) => Err(Response::error("the request did not arrive in time")),
-        Ok(Err(r)) => Err(r),
+        Ok(Err(r)) => {
+            // Cut off while still sending: answer, then take in (and drop)
+            // what it goes on sending for a moment, so that its reading the
+            // answer is not met by a reset.
+            let _ = reply(&mut stream, &r).await;
+            let mut sink = vec![0u8; 64 << 10];
+            let drain = async {
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+            return;
+        }
         Ok(Ok(raw)) => serde_json::from_slice::<Request>(&raw)
             .map_err(|e| Response::error(format!("not a gateway admin request: {e}"))),
     };
