@@ -432,9 +432,7 @@ async fn handle(
             // answer is not met by a reset.
             let _ = reply(&mut stream, &r).await;
             let mut sink = vec![0u8; 64 << 10];
-            let drain = async {
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-            };
+            let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
             let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
             return;
         }
