@@ -68,7 +68,10 @@ fn sixty_thousand_brackets_are_refused_at_once_and_hold_nothing() {
         "refusal times over 20 requests: min {:?}, median {:?}, max {:?}",
         times[0], times[10], times[19]
     );
-    assert!(times[19] < Duration::from_millis(50), "{times:?}");
+    // The median against the 50 ms; the slowest only against a
+    // second, since a loaded machine can deschedule any one request.
+    assert!(times[10] < Duration::from_millis(50), "{times:?}");
+    assert!(times[19] < Duration::from_secs(1), "{times:?}");
 
     // Ten bombs at once, and a valid apply among them: it is answered as
     // fast as alone.
