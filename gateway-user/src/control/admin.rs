@@ -49,6 +49,10 @@ const FREE_BYTES: usize = 256 << 10;
 /// request out.
 const SHARED_BYTES: usize = 64 << 20;
 
+/// What a client cut off may still send (and the agent drop) before it
+/// is closed on.
+const DRAIN_BYTES: usize = 4 << 20;
+
 /// Bytes buffered beyond [`FREE_BYTES`], over every connection.
 static SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -428,11 +432,20 @@ async fn handle(
         Err(_) => Err(Response::error("the request did not arrive in time")),
         Ok(Err(r)) => {
             // Cut off while still sending: answer, then take in (and drop)
-            // what it goes on sending for a moment, so that its reading the
-            // answer is not met by a reset.
+            // what it goes on sending, up to a few MiB for a moment, so that
+            // a client that sent a little too much reads the answer rather
+            // than a reset; one sending forever is closed on.
             let _ = reply(&mut stream, &r).await;
             let mut sink = vec![0u8; 64 << 10];
-            let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let drain = async {
+                let mut left = DRAIN_BYTES;
+                while left > 0 {
+                    match stream.read(&mut sink).await {
+                        Ok(n) if n > 0 => left = left.saturating_sub(n),
+                        _ => break,
+                    }
+                }
+            };
             let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
             return;
         }
