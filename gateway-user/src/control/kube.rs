@@ -31,12 +31,9 @@ use std::{
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use k8s_openapi::{
-    api::{
-        core::v1::{Pod, Service},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::util::intstr::IntOrString,
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     api::{Api, ApiResource, DynamicObject},
@@ -392,57 +389,18 @@ fn istio_doc(o: DynamicObject) -> Option<Obj> {
     })))
 }
 
+// Read through the same types as Service and EndpointSlice documents in
+// files (istio::services), so both follow one set of rules.
 fn service(s: Service) -> Option<Obj> {
-    let spec = s.spec?;
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return None;
-    }
-    let ports = spec
-        .ports
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
-        .filter_map(|p| {
-            let number = u16::try_from(p.port).ok()?;
-            let target = match p.target_port {
-                Some(IntOrString::Int(n)) => u16::try_from(n).ok(),
-                _ => None,
-            };
-            Some(services::Port {
-                number,
-                name: p.name.unwrap_or_default(),
-                target,
-            })
-        })
-        .collect();
-    Some(Obj::Service(Svc { ports }))
+    let spec = serde_json::to_value(s.spec?).ok()?;
+    Some(Obj::Service(Svc {
+        ports: services::ports_of_spec(&spec),
+    }))
 }
 
 fn slice(s: EndpointSlice) -> Option<Obj> {
-    if s.address_type == "FQDN" {
-        return None;
-    }
     let service = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
-    let ports = s
-        .ports
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
-        .filter_map(|p| Some((p.name.unwrap_or_default(), u16::try_from(p.port?).ok()?)))
-        .collect();
-    let ready = s
-        .endpoints
-        .into_iter()
-        // "Nil should be interpreted as true" (discovery.k8s.io/v1).
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .filter_map(|e| {
-            let pod = e
-                .target_ref
-                .filter(|r| r.kind.as_deref() == Some("Pod"))
-                .and_then(|r| r.name);
-            Some((e.addresses.into_iter().next()?, pod))
-        })
-        .collect();
+    let (ports, ready) = services::endpoints_of_slice(&serde_json::to_value(&s).ok()?);
     Some(Obj::Slice(Slice {
         service,
         ports,

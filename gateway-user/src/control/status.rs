@@ -275,7 +275,7 @@ fn conditions(conds: &[Condition], old: Option<&Value>, generation: Option<i64>)
 
 /// The status the object should have, from this gateway's view of it
 /// (`ours`: every status entry of this object) and what it has now.
-fn desired(kind: Kind, ours: &[&Status], old: &Value, generation: Option<i64>) -> Value {
+fn wanted(kind: Kind, ours: &[&Status], old: &Value, generation: Option<i64>) -> Value {
     match kind {
         Kind::TcpRoute => {
             let old_parents = old["parents"].as_array().cloned().unwrap_or_default();
@@ -373,7 +373,7 @@ async fn write(client: &Client, path: &str, kind: Kind, ours: &[&Status]) -> kub
         Err(e) => return Err(e),
     };
     let old = obj.data.get("status").cloned().unwrap_or(json!({}));
-    let new = desired(kind, ours, &old, obj.metadata.generation);
+    let new = wanted(kind, ours, &old, obj.metadata.generation);
     if same(&old, &new) {
         return Ok(false);
     }

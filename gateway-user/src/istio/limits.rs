@@ -108,11 +108,12 @@ pub fn check(text: &str) -> Result<(), Exceeded> {
         }
         let c = b[i];
         if c == b'\n' {
+            let this_line = line_start;
             line += 1;
             line_start = i + 1;
             starts_line = true;
             if quote == Quote::None && depth == 0 {
-                if let Some(indent) = block_scalar_header(b, line_start_of(b, i), i) {
+                if let Some(indent) = block_scalar_header(b, this_line, i) {
                     block_scalar = Some(indent);
                 }
                 if last != b'\n' {
@@ -246,13 +247,6 @@ fn next_line(b: &[u8], i: usize) -> usize {
         .iter()
         .position(|&c| c == b'\n')
         .map_or(b.len(), |p| i + p + 1)
-}
-
-fn line_start_of(b: &[u8], newline: usize) -> usize {
-    b[..newline]
-        .iter()
-        .rposition(|&c| c == b'\n')
-        .map_or(0, |p| p + 1)
 }
 
 /// If the line `b[start..end]` ends (comments aside) with a block scalar

@@ -122,8 +122,31 @@ pub(crate) fn ports(spec: &ServiceSpec) -> Vec<Port> {
         .collect()
 }
 
-/// A slice's TCP port numbers by name, and its ready addresses.
-pub(crate) fn slice_ready(s: &EndpointSliceDoc) -> (BTreeMap<String, u16>, Vec<&str>) {
+/// The TCP ports of a Service's `spec` as the API serves it (what a
+/// cluster's watch gives).
+pub fn ports_of_spec(spec: &Value) -> Vec<Port> {
+    serde_json::from_value::<ServiceSpec>(spec.clone()).map_or_else(|_| Vec::new(), |s| ports(&s))
+}
+
+/// An EndpointSlice as the API serves it: its TCP port numbers by name,
+/// and each ready endpoint's address with the pod behind it.
+pub fn endpoints_of_slice(slice: &Value) -> (BTreeMap<String, u16>, Vec<(String, Option<String>)>) {
+    let Ok(s) = serde_json::from_value::<EndpointSliceDoc>(slice.clone()) else {
+        return (BTreeMap::new(), Vec::new());
+    };
+    let (ports, ready) = slice_ready(&s);
+    let ready = ready
+        .into_iter()
+        .map(|(a, pod)| (a.to_string(), pod.map(str::to_string)))
+        .collect();
+    (ports, ready)
+}
+
+/// A slice's TCP port numbers by name, and its ready addresses with the
+/// pod behind each, if it names one.
+pub(crate) fn slice_ready(
+    s: &EndpointSliceDoc,
+) -> (BTreeMap<String, u16>, Vec<(&str, Option<&str>)>) {
     if s.address_type == "FQDN" {
         return (BTreeMap::new(), Vec::new());
     }
@@ -141,8 +164,16 @@ pub(crate) fn slice_ready(s: &EndpointSliceDoc) -> (BTreeMap<String, u16>, Vec<&
     let ready = s
         .endpoints
         .iter()
+        // "Nil should be interpreted as true" (discovery.k8s.io/v1).
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .filter_map(|e| e.addresses.first().map(String::as_str))
+        .filter_map(|e| {
+            let pod = e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.as_deref());
+            Some((e.addresses.first()?.as_str(), pod))
+        })
         .collect();
     (ports, ready)
 }
@@ -195,7 +226,7 @@ pub(crate) fn derived(resources: &[&Resource], report: &mut Report) -> Vec<Resou
         let ports = ports(spec);
         let read: Vec<_> = of_service.iter().map(|s| slice_ready(s)).collect();
         let ready = read.iter().flat_map(|(ports, addresses)| {
-            addresses.iter().map(move |a| Ready {
+            addresses.iter().map(move |(a, _)| Ready {
                 address: a,
                 labels: spec.selector.clone(),
                 ports,

@@ -59,6 +59,15 @@ pub(crate) struct SliceEndpoint {
     #[serde(default, deserialize_with = "nullable")]
     pub addresses: Vec<String>,
     pub conditions: Option<SliceConditions>,
+    /// The pod behind it, in a cluster (whose labels it then carries).
+    pub target_ref: Option<TargetRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TargetRef {
+    pub kind: Option<String>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
