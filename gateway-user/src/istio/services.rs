@@ -122,6 +122,9 @@ pub(crate) fn ports(spec: &ServiceSpec) -> Vec<Port> {
         .collect()
 }
 
+/// A slice's port numbers by port name.
+pub type PortNumbers = BTreeMap<String, u16>;
+
 /// The TCP ports of a Service's `spec` as the API serves it (what a
 /// cluster's watch gives).
 pub fn ports_of_spec(spec: &Value) -> Vec<Port> {
@@ -130,7 +133,7 @@ pub fn ports_of_spec(spec: &Value) -> Vec<Port> {
 
 /// An EndpointSlice as the API serves it: its TCP port numbers by name,
 /// and each ready endpoint's address with the pod behind it.
-pub fn endpoints_of_slice(slice: &Value) -> (BTreeMap<String, u16>, Vec<(String, Option<String>)>) {
+pub fn endpoints_of_slice(slice: &Value) -> (PortNumbers, Vec<(String, Option<String>)>) {
     let Ok(s) = serde_json::from_value::<EndpointSliceDoc>(slice.clone()) else {
         return (BTreeMap::new(), Vec::new());
     };
@@ -144,9 +147,7 @@ pub fn endpoints_of_slice(slice: &Value) -> (BTreeMap<String, u16>, Vec<(String,
 
 /// A slice's TCP port numbers by name, and its ready addresses with the
 /// pod behind each, if it names one.
-pub(crate) fn slice_ready(
-    s: &EndpointSliceDoc,
-) -> (BTreeMap<String, u16>, Vec<(&str, Option<&str>)>) {
+pub(crate) fn slice_ready(s: &EndpointSliceDoc) -> (PortNumbers, Vec<(&str, Option<&str>)>) {
     if s.address_type == "FQDN" {
         return (BTreeMap::new(), Vec::new());
     }
